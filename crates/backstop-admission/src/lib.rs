@@ -1,0 +1,1 @@
+//! Bounded admission queue for tower services: bounds the wait, not the call

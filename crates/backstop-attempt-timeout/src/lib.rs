@@ -1,0 +1,1 @@
+//! Per-attempt timeout, capped by the SLA deadline, for tower services

@@ -1,0 +1,375 @@
+//! The per-request context every backstop layer reads and some publish.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::{Duration, Instant};
+
+use crate::admission::{AdmissionTicket, WaitBound, WaitDeadline};
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+/// What one request carries through the stack: its SLA deadline, the current
+/// attempt's deadline, its admission ticket, its attempt number and its id.
+///
+/// A layer that publishes a value reads the outer context at `call` time
+/// ([`Context::current`]), combines its own value with it (deadlines take the
+/// minimum, so an inner layer can only shorten them), and scopes the result
+/// around the inner `call()` ([`Context::sync_scope`]) and around every poll
+/// of the inner future ([`Context::scope`]). Layers that only read call
+/// [`Context::current`] in their `call()`.
+///
+/// The context is a tokio task-local: it does not cross a `tokio::spawn` or a
+/// `tower::buffer::Buffer`, and hyper polls response bodies outside every
+/// scope, so body wrappers capture what they need at call time. For HTTP,
+/// `PropagateContextLayer` (feature `http`), placed innermost, copies it into
+/// the request extensions.
+///
+/// Cloning is cheap: two `Instant`s, a number and two reference-counted
+/// pointers.
+#[derive(Clone, Default)]
+pub struct Context {
+    sla_deadline: Option<Instant>,
+    attempt_deadline: Option<Instant>,
+    admission: Option<AdmissionTicket>,
+    attempt: Option<Attempt>,
+    request_id: Option<RequestId>,
+}
+
+impl Context {
+    /// An empty context: no deadlines, no ticket, no attempt, no id.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The context of the current scope, or an empty one outside any scope.
+    pub fn current() -> Self {
+        CURRENT.try_with(Clone::clone).unwrap_or_default()
+    }
+
+    /// The context of the current scope, if the caller runs inside one.
+    pub fn try_current() -> Option<Self> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// The end-to-end deadline of the request.
+    pub fn sla_deadline(&self) -> Option<Instant> {
+        self.sla_deadline
+    }
+
+    /// The deadline of the current attempt, already capped by the SLA
+    /// deadline when both are known.
+    pub fn attempt_deadline(&self) -> Option<Instant> {
+        min_opt(self.attempt_deadline, self.sla_deadline)
+    }
+
+    /// The earliest deadline that applies right now (attempt or SLA).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.attempt_deadline()
+    }
+
+    /// Time left until [`deadline`](Self::deadline), measured from `now`.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.deadline().map(|d| d.saturating_duration_since(now))
+    }
+
+    /// The admission ticket issued by `QueueAdmission` for this attempt.
+    pub fn admission(&self) -> Option<&AdmissionTicket> {
+        self.admission.as_ref()
+    }
+
+    /// The attempt number (1 for the first attempt), set by `Retry`.
+    pub fn attempt(&self) -> Option<Attempt> {
+        self.attempt
+    }
+
+    /// The request id, set by the request-id layer.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        self.request_id.as_ref()
+    }
+
+    /// How long a limiter may wait, and what to report when it cannot.
+    ///
+    /// With an admission ticket: the ticket's deadline, which is already
+    /// min(admission start + max wait, SLA deadline). Without one: the SLA
+    /// deadline. Without either: no bound.
+    pub fn wait_deadline(&self) -> Option<WaitDeadline> {
+        match (&self.admission, self.sla_deadline) {
+            (Some(ticket), _) => Some(ticket.wait_deadline()),
+            (None, Some(sla)) => Some(WaitDeadline::new(sla, WaitBound::Sla, Duration::ZERO)),
+            (None, None) => None,
+        }
+    }
+
+    /// Sets the SLA deadline to the earlier of the current one and `at`.
+    #[must_use]
+    pub fn with_sla_deadline(mut self, at: Instant) -> Self {
+        self.sla_deadline = min_opt(self.sla_deadline, Some(at));
+        self
+    }
+
+    /// Sets the attempt deadline to the earlier of the current one and `at`.
+    #[must_use]
+    pub fn with_attempt_deadline(mut self, at: Instant) -> Self {
+        self.attempt_deadline = min_opt(self.attempt_deadline, Some(at));
+        self
+    }
+
+    /// Replaces the admission ticket.
+    #[must_use]
+    pub fn with_admission(mut self, ticket: AdmissionTicket) -> Self {
+        self.admission = Some(ticket);
+        self
+    }
+
+    /// Removes the admission ticket (a new attempt starts outside admission).
+    #[must_use]
+    pub fn without_admission(mut self) -> Self {
+        self.admission = None;
+        self
+    }
+
+    /// Replaces the attempt number, and clears the previous attempt's deadline
+    /// and ticket: a new attempt starts afresh.
+    #[must_use]
+    pub fn with_attempt(mut self, attempt: Attempt) -> Self {
+        self.attempt = Some(attempt);
+        self.attempt_deadline = None;
+        self.admission = None;
+        self
+    }
+
+    /// Replaces the request id.
+    #[must_use]
+    pub fn with_request_id(mut self, id: RequestId) -> Self {
+        self.request_id = Some(id);
+        self
+    }
+
+    /// Runs `f` with this context as the current one.
+    ///
+    /// Layers use it around the inner service's `call()`.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
+    /// Makes this context the current one during every poll of `future`, and
+    /// while it is dropped.
+    pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
+        Scoped {
+            inner: CURRENT.scope(self, future),
+        }
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("sla_deadline", &self.sla_deadline)
+            .field("attempt_deadline", &self.attempt_deadline)
+            .field("admission", &self.admission)
+            .field("attempt", &self.attempt)
+            .field("request_id", &self.request_id)
+            .finish()
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+pin_project! {
+    /// A future that runs with a [`Context`] as the current one.
+    ///
+    /// Returned by [`Context::scope`]. The context is in scope during every
+    /// poll of the inner future and while the inner future is dropped.
+    pub struct Scoped<F> {
+        #[pin]
+        inner: TaskLocalFuture<Context, F>,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<F> fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoped").finish_non_exhaustive()
+    }
+}
+
+/// The attempt number of a request: 1 for the first attempt, 2 for the first
+/// retry, and so on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attempt(pub u32);
+
+impl Attempt {
+    /// The first attempt.
+    pub const FIRST: Self = Self(1);
+
+    /// The attempt number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Whether this is a retry (attempt 2 or later).
+    pub fn is_retry(self) -> bool {
+        self.0 > 1
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The end-to-end deadline of a request, as found in request extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlaDeadline(pub Instant);
+
+/// The deadline of the current attempt (already capped by the SLA), as found in
+/// request extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttemptDeadline(pub Instant);
+
+/// The admission deadline of the current attempt, as found in request
+/// extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AdmissionDeadline(pub Instant);
+
+/// A request id: 1 to 128 bytes of visible ASCII, or a generated UUIDv7.
+///
+/// Cheap to clone (reference-counted).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// The longest id accepted from a client.
+    pub const MAX_LEN: usize = 128;
+
+    /// A fresh UUIDv7 id (time-ordered, random tail).
+    pub fn generate() -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        Self(Arc::from(&*s))
+    }
+
+    /// Accepts `bytes` as an id if it is 1 to 128 bytes of visible ASCII
+    /// (`!` to `~`), else `None`.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        if Self::is_valid(bytes) {
+            // Visible ASCII is valid UTF-8.
+            std::str::from_utf8(bytes).ok().map(|s| Self(Arc::from(s)))
+        } else {
+            None
+        }
+    }
+
+    /// Whether `bytes` is 1 to 128 bytes of visible ASCII.
+    pub fn is_valid(bytes: &[u8]) -> bool {
+        !bytes.is_empty() && bytes.len() <= Self::MAX_LEN && bytes.iter().all(u8::is_ascii_graphic)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for RequestId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_take_the_minimum() {
+        let now = Instant::now();
+        let ctx = Context::new()
+            .with_sla_deadline(now + Duration::from_secs(10))
+            .with_sla_deadline(now + Duration::from_secs(20));
+        assert_eq!(ctx.sla_deadline(), Some(now + Duration::from_secs(10)));
+        let ctx = ctx.with_attempt_deadline(now + Duration::from_secs(30));
+        // The attempt deadline never reads later than the SLA deadline.
+        assert_eq!(ctx.attempt_deadline(), Some(now + Duration::from_secs(10)));
+        let ctx = ctx.with_attempt_deadline(now + Duration::from_secs(3));
+        assert_eq!(ctx.deadline(), Some(now + Duration::from_secs(3)));
+        assert_eq!(ctx.remaining(now), Some(Duration::from_secs(3)));
+    }
+
+    #[tokio::test]
+    async fn scopes_nest_and_unwind() {
+        assert!(Context::try_current().is_none());
+        let outer = Context::new().with_attempt(Attempt(2));
+        let seen = outer
+            .scope(async {
+                let inner = Context::current().with_request_id(RequestId::generate());
+                let inner_seen = inner
+                    .scope(async { Context::current() })
+                    .await;
+                (Context::current(), inner_seen)
+            })
+            .await;
+        assert_eq!(seen.0.attempt(), Some(Attempt(2)));
+        assert!(seen.0.request_id().is_none());
+        assert_eq!(seen.1.attempt(), Some(Attempt(2)));
+        assert!(seen.1.request_id().is_some());
+        assert!(Context::try_current().is_none());
+    }
+
+    #[test]
+    fn sync_scope_works_without_a_runtime() {
+        let id = RequestId::parse(b"abc").unwrap();
+        let got = Context::new()
+            .with_request_id(id.clone())
+            .sync_scope(|| Context::current().request_id().cloned());
+        assert_eq!(got, Some(id));
+    }
+
+    #[test]
+    fn request_id_rules() {
+        assert!(RequestId::parse(b"").is_none());
+        assert!(RequestId::parse(b"has space").is_none());
+        assert!(RequestId::parse("é".as_bytes()).is_none());
+        assert!(RequestId::parse(&[b'a'; 128]).is_some());
+        assert!(RequestId::parse(&[b'a'; 129]).is_none());
+        let id = RequestId::generate();
+        assert_eq!(id.as_str().len(), 36);
+        assert!(RequestId::is_valid(id.as_str().as_bytes()));
+        // UUIDv7: version nibble 7.
+        assert_eq!(&id.as_str()[14..15], "7");
+    }
+}

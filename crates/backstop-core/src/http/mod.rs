@@ -1,0 +1,1 @@
+//! HTTP mapping (being written).

@@ -1,0 +1,1 @@
+//! GCRA rate limiting for tower services: shared, weighted, keyed, waits within the admission deadline

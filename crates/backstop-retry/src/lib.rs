@@ -1,0 +1,1 @@
+//! Deadline-aware retries with a budget for tower services

@@ -1,0 +1,1 @@
+//! Completion hooks that run even when the caller drops the future

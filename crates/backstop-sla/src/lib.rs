@@ -1,0 +1,1 @@
+//! End-to-end SLA deadline layer for tower services

@@ -1,0 +1,1 @@
+//! backstop facade (being written).
