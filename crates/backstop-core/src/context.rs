@@ -337,9 +337,7 @@ mod tests {
         let seen = outer
             .scope(async {
                 let inner = Context::current().with_request_id(RequestId::generate());
-                let inner_seen = inner
-                    .scope(async { Context::current() })
-                    .await;
+                let inner_seen = inner.scope(async { Context::current() }).await;
                 (Context::current(), inner_seen)
             })
             .await;

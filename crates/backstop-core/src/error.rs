@@ -250,7 +250,11 @@ impl fmt::Display for StreamTimedOut {
         match self.reason {
             StreamTimeout::Idle => write!(f, "no body frame for {:?}", self.after),
             StreamTimeout::MaxDuration => {
-                write!(f, "stream exceeded its maximum duration of {:?}", self.after)
+                write!(
+                    f,
+                    "stream exceeded its maximum duration of {:?}",
+                    self.after
+                )
             }
             StreamTimeout::Shutdown => f.write_str("stream cut by shutdown"),
         }
@@ -510,8 +514,8 @@ mod tests {
     fn durations_are_checked() {
         assert!(check_duration("timeout", Duration::ZERO, false).is_err());
         assert!(check_duration("max_wait", Duration::ZERO, true).is_ok());
-        let err = check_duration("timeout", MAX_DURATION + Duration::from_nanos(1), false)
-            .unwrap_err();
+        let err =
+            check_duration("timeout", MAX_DURATION + Duration::from_nanos(1), false).unwrap_err();
         assert_eq!(err.setting(), "timeout");
         assert!(err.to_string().contains("24h"), "{err}");
         assert!(check_duration("timeout", Duration::MAX, false).is_err());

@@ -47,7 +47,7 @@ pub struct Generate {
 /// # }
 /// ```
 pub struct SetRequestIdLayer<M = Generate> {
-    _mode: PhantomData<fn() -> M>,
+    pub(crate) _mode: PhantomData<fn() -> M>,
 }
 
 impl SetRequestIdLayer<Generate> {
@@ -65,7 +65,7 @@ impl Default for SetRequestIdLayer<Generate> {
 
 impl<M> Clone for SetRequestIdLayer<M> {
     fn clone(&self) -> Self {
-        Self { _mode: PhantomData }
+        *self
     }
 }
 
@@ -95,7 +95,7 @@ impl<S, M> Layer<S> for SetRequestIdLayer<M> {
 /// See the [crate docs](crate) for an example.
 pub struct SetRequestId<S, M = Generate> {
     pub(crate) inner: S,
-    _mode: PhantomData<fn() -> M>,
+    pub(crate) _mode: PhantomData<fn() -> M>,
 }
 
 impl<S, M> SetRequestId<S, M> {
