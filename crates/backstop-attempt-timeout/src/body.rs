@@ -1,0 +1,223 @@
+//! [`ResponseBody`]: the response body of
+//! [`HttpAttemptTimeout`](crate::HttpAttemptTimeout), bounded between frames
+//! and in total.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use backstop_core::{BoxError, StreamTimedOut, StreamTimeout};
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Duration, Instant, Sleep, sleep_until};
+
+pin_project! {
+    /// Response body of [`HttpAttemptTimeout`](crate::HttpAttemptTimeout).
+    ///
+    /// Yields the first frame (buffered by the response future), then the
+    /// inner body's frames unchanged. After the first frame it fails with
+    /// [`StreamTimedOut`]:
+    ///
+    /// - [`StreamTimeout::Idle`] when the inner body makes it wait longer
+    ///   than the idle timeout for a frame (measured from the first poll that
+    ///   finds no frame after the last one was yielded);
+    /// - [`StreamTimeout::MaxDuration`] once the maximum stream duration,
+    ///   measured from the attempt's start, has passed. It is checked before
+    ///   every poll of the inner body, so a body that always has a frame
+    ///   ready is cut too.
+    ///
+    /// Neither is bounded by the SLA deadline (DESIGN, "Deadlines and their
+    /// errors"). After an error, an end of stream or an inner error, the
+    /// inner body and both timers are dropped at once and the body reports
+    /// its end.
+    ///
+    /// Both timers only run while the body is polled: a client that stops
+    /// reading stops the polls, so this body cannot cut it. The server must
+    /// hold its own timer for the maximum duration and drop the connection
+    /// (the gateway does this).
+    ///
+    /// `size_hint` and `is_end_stream` account for the buffered frame.
+    ///
+    /// # Cancellation
+    ///
+    /// Holds the buffered first frame, the inner body and two timers.
+    /// Dropping it drops them all; nothing else is held.
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub struct ResponseBody<B>
+    where
+        B: Body,
+    {
+        first: Option<Frame<B::Data>>,
+        #[pin]
+        state: State<B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<B> {
+        Streaming {
+            #[pin]
+            body: B,
+            #[pin]
+            idle: Sleep,
+            idle_armed: bool,
+            idle_timeout: Duration,
+            #[pin]
+            max: Sleep,
+            max_duration: Duration,
+        },
+        Ended,
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    /// A body whose first frame has arrived.
+    pub(crate) fn streaming(
+        first: Frame<B::Data>,
+        body: B,
+        idle_timeout: Duration,
+        max_at: Instant,
+        max_duration: Duration,
+    ) -> Self {
+        Self {
+            first: Some(first),
+            state: State::Streaming {
+                body,
+                // Reset before its first poll.
+                idle: sleep_until(max_at),
+                idle_armed: false,
+                idle_timeout,
+                max: sleep_until(max_at),
+                max_duration,
+            },
+        }
+    }
+
+    /// A body that ended before any frame. The inner body is dropped.
+    pub(crate) fn ended(_body: B) -> Self {
+        Self {
+            first: None,
+            state: State::Ended,
+        }
+    }
+}
+
+/// What one poll of the inner stream decided.
+enum Step {
+    End,
+    Fail(BoxError),
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let step = match this.state.as_mut().project() {
+            StateProj::Ended => return Poll::Ready(None),
+            StateProj::Streaming {
+                body,
+                mut idle,
+                idle_armed,
+                idle_timeout,
+                max,
+                max_duration,
+            } => {
+                if max.poll(cx).is_ready() {
+                    Step::Fail(
+                        StreamTimedOut::new(StreamTimeout::MaxDuration, *max_duration).into(),
+                    )
+                } else {
+                    match body.poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            *idle_armed = false;
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        Poll::Ready(Some(Err(err))) => Step::Fail(err.into()),
+                        Poll::Ready(None) => Step::End,
+                        Poll::Pending => {
+                            if !*idle_armed {
+                                // At most 24 h: no overflow.
+                                idle.as_mut().reset(Instant::now() + *idle_timeout);
+                                *idle_armed = true;
+                            }
+                            if idle.poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            Step::Fail(
+                                StreamTimedOut::new(StreamTimeout::Idle, *idle_timeout).into(),
+                            )
+                        }
+                    }
+                }
+            }
+        };
+        // Ended or failed: drop the inner body and the timers now.
+        this.state.set(State::Ended);
+        match step {
+            Step::End => Poll::Ready(None),
+            Step::Fail(err) => Poll::Ready(Some(Err(err))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none()
+            && match &self.state {
+                State::Streaming { body, .. } => body.is_end_stream(),
+                State::Ended => true,
+            }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = match &self.state {
+            State::Streaming { body, .. } => body.size_hint(),
+            State::Ended => SizeHint::with_exact(0),
+        };
+        let buffered = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |data| data.remaining() as u64);
+        if buffered > 0 {
+            // Upper first, so the lower bound never passes it.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(buffered));
+            }
+            hint.set_lower(hint.lower().saturating_add(buffered));
+        }
+        hint
+    }
+}
+
+impl<B: Body> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ResponseBody");
+        d.field("first_frame_buffered", &self.first.is_some());
+        match &self.state {
+            State::Streaming {
+                idle_timeout,
+                max,
+                max_duration,
+                ..
+            } => d
+                .field("idle_timeout", idle_timeout)
+                .field("max_duration", max_duration)
+                .field("ends_at", &max.deadline()),
+            State::Ended => d.field("ended", &true),
+        };
+        d.finish_non_exhaustive()
+    }
+}
