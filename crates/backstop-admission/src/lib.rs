@@ -1,1 +1,136 @@
-//! Bounded admission queue for tower services: bounds the wait, not the call
+//! Bounded admission queue for tower services: bounds the wait, not the call.
+//!
+//! [`QueueAdmissionLayer`] sits outside the limiters (rate limits, a
+//! concurrency limit) and bounds two things: how many requests may wait for
+//! admission at once (`max_waiting`, default 80) and how long each may wait
+//! (`max_wait`, default 5 s). It does not wait itself: the limiters inside
+//! wait in their response futures, bounded by the admission deadline it
+//! publishes through the request [`Context`](backstop_core::Context). Once the
+//! last limiter admits a request, the request leaves the queue and its call is
+//! bounded by nothing here (use an attempt timeout or an SLA timeout for that).
+//!
+//! # Example
+//!
+//! ```
+//! use backstop_admission::QueueAdmissionLayer;
+//! use tokio::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let admission = QueueAdmissionLayer::builder()
+//!     .max_waiting(256)
+//!     .max_wait(Duration::from_secs(5))
+//!     .retry_after(Duration::from_secs(1))
+//!     .build()?;
+//! let queue = admission.queue(); // for readiness and metrics
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(admission)
+//!     // ... rate limits and a concurrency limit go here ...
+//!     .service(service_fn(|n: u32| async move { Ok::<_, tower::BoxError>(n * 2) }));
+//!
+//! assert_eq!(svc.oneshot(21).await?, 42);
+//! assert_eq!(queue.depth(), 0);
+//! assert!(!queue.is_full());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Behaviour
+//!
+//! In `call`, [`QueueAdmission`] takes a queue slot. If all `max_waiting`
+//! slots are taken, the future fails on its first poll with
+//! `Overloaded(QueueFull)` and the inner service is not called. Otherwise it
+//! issues an [`AdmissionTicket`](backstop_core::AdmissionTicket) whose
+//! deadline is `min(now + max_wait, SLA deadline)`, publishes it in the
+//! context around the inner `call()` and around every poll of the inner
+//! future, and keeps one hold on it until its own inner `call()` returns.
+//! `poll_ready` is the inner service's: the backstop limiters are always
+//! ready (they wait in their futures); a limiter that waits in `poll_ready`
+//! instead (tower's own) would wait there unbounded and uncounted.
+//!
+//! ## The ticket protocol
+//!
+//! A ticket-aware limiter (`backstop-rate-limit`, `backstop-concurrency`)
+//! calls `enter()` on the ticket synchronously in its `call()`, waits in its
+//! future, and drops that hold right after its own inner `call()` returns.
+//! Because each limiter enters before the layer outside it leaves, the number
+//! of holds never dips to zero while some limiter still waits. The slot is
+//! freed exactly once: when the last hold is dropped (the last limiter
+//! admitted the request), or when this layer's future completes or is
+//! dropped, whichever comes first. So `max_waiting` counts each request once,
+//! from entering admission until the last limiter admits it, however many
+//! limiters are composed and in whatever order. With no ticket-aware limiter
+//! inside, a request leaves the queue as soon as the inner `call()` returns.
+//!
+//! Only the waiting limiter enforces the admission deadline; this layer counts
+//! the `Overloaded(WaitExceeded)` errors coming out of its inner future
+//! ([`QueueHandle::wait_timeouts`]). When the SLA deadline is at or before
+//! `now + max_wait`, the ticket's deadline *is* the SLA deadline and a wait
+//! that reaches it fails with `SlaExpired` (504), never `WaitExceeded`. A
+//! `max_wait` of zero means never wait: a limiter that finds no capacity free
+//! fails at once.
+//!
+//! [`QueueHandle`] (from [`QueueAdmissionLayer::queue`] or
+//! [`QueueAdmission::queue`]) reads the live depth, the capacity, whether the
+//! queue is full, and the two counters.
+//!
+//! # Errors
+//!
+//! The error type is [`BoxError`]. This layer adds:
+//!
+//! | error | when | `ErrorKind` | status |
+//! |---|---|---|---|
+//! | [`Overloaded`] (`QueueFull`) with `retry_after` | over `max_waiting`, at once | `Overloaded` | 429 |
+//!
+//! and counts `Overloaded` (`WaitExceeded`, with `retry_after`) and
+//! [`SlaExpired`](backstop_core::SlaExpired) produced by the limiters inside.
+//! Inner errors pass through unchanged (boxed).
+//!
+//! # Cancellation
+//!
+//! Dropping the response future frees the queue slot if it was not freed yet,
+//! exactly once, whatever the limiters inside still hold. See
+//! [`future::ResponseFuture`].
+//!
+//! # Clone and shared state
+//!
+//! One layer value is one queue: the layer creates one shared counter
+//! ([`QueueSlots`](backstop_core::QueueSlots)) and every service it builds,
+//! and every clone of those (axum clones per request), counts against it. Two
+//! layer values are two queues; clone the layer to share one.
+//!
+//! # Allocation
+//!
+//! Per admitted request: one reference-counted ticket (DESIGN's documented
+//! exception); the context clone is reference counts. A refused request
+//! allocates its boxed error. No lock, no spawn.
+//!
+//! # Differences from tower
+//!
+//! tower has no admission queue. Its nearest pieces are
+//! `tower::buffer::Buffer`, whose bounded channel makes callers wait in
+//! `poll_ready` (unbounded in time, one worker task, the request context and
+//! error types lost), and `tower::load_shed::LoadShed`, which refuses at once
+//! whenever the inner service is not ready (no waiting at all). QueueAdmission
+//! bounds both the number of waiters and their wait, waits in the limiters'
+//! response futures (no task, no channel), keeps error types and the context,
+//! and counts each waiting request once however many limiters it passes.
+//!
+//! # Feature flags
+//!
+//! - `http`: nothing of this crate changes; it enables `backstop-core/http`
+//!   for users who build their stack with the HTTP error mapping.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod future;
+mod layer;
+mod service;
+
+pub use crate::layer::{
+    DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING, DEFAULT_RETRY_AFTER, QueueAdmissionBuilder,
+    QueueAdmissionLayer, QueueHandle,
+};
+pub use crate::service::QueueAdmission;
+pub use backstop_core::{BoxError, ConfigError, OverloadReason, Overloaded};

@@ -1,0 +1,114 @@
+//! `ConcurrencyLimit<S, R>`: enters the admission ticket in `call`; the future
+//! waits for a permit.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use backstop_core::{AdmissionTicket, BoxError, Context};
+use tokio::sync::Semaphore;
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::layer::{ConcurrencyHandle, ReleaseOnCompletion, ReleasePolicy};
+
+/// Limits how many requests run at once; built by
+/// [`ConcurrencyLimitLayer`](crate::ConcurrencyLimitLayer).
+///
+/// `poll_ready` is always ready and reserves nothing; the response future
+/// waits for a permit (FIFO, bounded by the admission deadline, else the SLA
+/// deadline), then drives `ready()` and `call()` on its own clone of the inner
+/// service. Cloning shares the semaphore.
+///
+/// See the [crate docs](crate) for an example.
+pub struct ConcurrencyLimit<S, R = ReleaseOnCompletion> {
+    inner: S,
+    semaphore: Arc<Semaphore>,
+    max: usize,
+    _release: PhantomData<fn() -> R>,
+}
+
+// === impl ConcurrencyLimit ===
+
+impl<S, R> ConcurrencyLimit<S, R> {
+    pub(crate) fn new(inner: S, semaphore: Arc<Semaphore>, max: usize) -> Self {
+        Self {
+            inner,
+            semaphore,
+            max,
+            _release: PhantomData,
+        }
+    }
+
+    /// A handle on the limit this service shares with its layer.
+    pub fn handle(&self) -> ConcurrencyHandle {
+        ConcurrencyHandle::new(Arc::clone(&self.semaphore), self.max)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, R> Clone for ConcurrencyLimit<S, R> {
+    // Hand-written: a derive would require `R: Clone`. Clones share the
+    // semaphore (one limit) and hold no permit of their own.
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), Arc::clone(&self.semaphore), self.max)
+    }
+}
+
+impl<S: fmt::Debug, R> fmt::Debug for ConcurrencyLimit<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConcurrencyLimit")
+            .field("inner", &self.inner)
+            .field("max", &self.max)
+            .field("available", &self.semaphore.available_permits())
+            .finish()
+    }
+}
+
+impl<S, Req, R> Service<Req> for ConcurrencyLimit<S, R>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    R: ReleasePolicy<S::Response>,
+{
+    type Response = R::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, R>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        // Nothing is reserved here: the future waits for its permit and then
+        // for its own clone of the inner service (DESIGN contract 2).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let ctx = Context::try_current();
+        // Enter the ticket now, synchronously, so the queue slot stays taken
+        // while this limiter waits, even after the layer outside us leaves.
+        let hold = ctx
+            .as_ref()
+            .and_then(Context::admission)
+            .map(AdmissionTicket::enter);
+        let deadline = ctx.as_ref().and_then(Context::wait_deadline);
+        // The clone goes back into `self`; the future drives the service that
+        // was here (tower's `Buffer`/`Retry` idiom).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(ctx, inner, req, Arc::clone(&self.semaphore), deadline, hold)
+    }
+}
