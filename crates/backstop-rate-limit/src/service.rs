@@ -1,0 +1,142 @@
+//! `RateLimit<S>`: the service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use backstop_core::{AdmissionTicket, BoxError, Context, CostOverBurst};
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::gcra::Quota;
+use crate::key::{CostFn, Global, KeyFn, UnitCost};
+use crate::layer::Shared;
+use crate::reservation::{Attach, Discard};
+use crate::store::RateStore;
+use crate::{GcraStore, future};
+
+/// A service limited by a GCRA rate limit shared with every clone.
+///
+/// `poll_ready` is always ready and reserves nothing; the response future
+/// waits for the reservation to conform, then drives `ready()` and `call()` on
+/// its own clone of the inner service.
+///
+/// See the [crate docs](crate) for an example.
+pub struct RateLimit<S, C = UnitCost, Kf = Global, St = GcraStore, A = Discard> {
+    inner: S,
+    shared: Arc<Shared<C, Kf, St>>,
+    attach: A,
+}
+
+impl<S, C, Kf, St, A> RateLimit<S, C, Kf, St, A> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<C, Kf, St>>, attach: A) -> Self {
+        Self {
+            inner,
+            shared,
+            attach,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the limiter, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The quota enforced.
+    pub fn quota(&self) -> &Quota {
+        &self.shared.quota
+    }
+
+    /// The store shared with every clone and with the layer.
+    pub fn store(&self) -> &Arc<St> {
+        &self.shared.store
+    }
+}
+
+impl<S, Req, C, Kf, St, A> Service<Req> for RateLimit<S, C, Kf, St, A>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: CostFn<Req>,
+    Kf: KeyFn<Req, St::Key>,
+    St: RateStore,
+    A: Attach<S::Response, St> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, St, A>;
+
+    /// Always ready: nothing is reserved here (DESIGN contract 2).
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let cost = self.shared.cost.cost(&req);
+        let burst = self.shared.quota.burst();
+        if cost > burst {
+            return ResponseFuture::failed(CostOverBurst::new(cost, burst).into());
+        }
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let ctx = Context::current();
+        // Enter synchronously, so the ticket's count never dips to zero
+        // between QueueAdmission's `call()` returning and ours admitting
+        // (cost 0 too: the inner limiters still have to enter).
+        let hold = ctx.admission().map(AdmissionTicket::enter);
+        let deadline = ctx.wait_deadline().map(|d| d.at());
+        let ctx = future::capture(ctx);
+        if cost == 0 {
+            return ResponseFuture::bypass(inner, req, ctx, hold, self.attach.clone());
+        }
+        let key = self.shared.key.key(&req);
+        future::ResponseFuture::reserving(
+            future::Pending {
+                store: Arc::clone(&self.shared.store),
+                key,
+                cost,
+                policy: self.shared.policy,
+                deadline,
+                asked_at: None,
+            },
+            inner,
+            req,
+            ctx,
+            hold,
+            self.attach.clone(),
+        )
+    }
+}
+
+/// Clones share the limiter (the store and settings sit behind `Arc`s); only
+/// the inner service is cloned.
+impl<S: Clone, C, Kf, St, A: Clone> Clone for RateLimit<S, C, Kf, St, A> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+            attach: self.attach.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, Kf, St: fmt::Debug, A> fmt::Debug for RateLimit<S, C, Kf, St, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .field("quota", &self.shared.quota)
+            .field("store", &self.shared.store)
+            .finish_non_exhaustive()
+    }
+}
