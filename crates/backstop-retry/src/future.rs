@@ -1,0 +1,252 @@
+//! Response futures.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use backstop_core::{Attempt, Context, Scoped};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_service::Service;
+
+use crate::backoff::backoff;
+use crate::budget::Withdrawal;
+use crate::layer::Shared;
+use crate::policy::{Action, Policy};
+
+#[cfg(feature = "http")]
+pub use crate::http::{HttpResponseFuture, InspectFuture};
+
+pin_project! {
+    /// Response future of [`Retry`](crate::Retry): runs the attempts.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping it at any point is safe and leaves nothing behind:
+    /// - during an attempt (waiting for readiness or for the inner future):
+    ///   the inner future is dropped inside the attempt's context scope, so
+    ///   the inner layers release their queue slots, tokens and permits as
+    ///   their own futures document; the budget withdrawal of that retry is
+    ///   already spent (the attempt ran);
+    /// - during a backoff sleep: the retry's budget withdrawal is refunded
+    ///   (into the window slot it was taken from, unless that slot has
+    ///   expired, in which case it no longer counts anyway), and the kept
+    ///   previous outcome is dropped. Nothing is held across a backoff but that
+    ///   outcome (for HTTP, a 5xx keeps its head only).
+    pub struct ResponseFuture<P, S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        shared: Arc<Shared>,
+        ctx: Context,
+        policy: P,
+        svc: S,
+        // The copy to replay, if the policy could make one.
+        template: Option<Req>,
+        // The request for the attempt about to call the inner service.
+        next: Option<Req>,
+        // The previous attempt's outcome, kept while the next one runs.
+        last: Option<Result<S::Response, S::Error>>,
+        attempt: u32,
+        withdrawal: Option<Withdrawal>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Ready,
+        Calling { #[pin] fut: Scoped<F> },
+        Backoff { #[pin] sleep: Sleep },
+        Done,
+    }
+}
+
+impl<P, S, Req> ResponseFuture<P, S, Req>
+where
+    P: Policy<Req, S::Response, S::Error>,
+    S: Service<Req>,
+{
+    pub(crate) fn new(req: Req, svc: S, policy: P, shared: Arc<Shared>, ctx: Context) -> Self {
+        let template = if shared.config.max_attempts > 1 {
+            policy.clone_request(&req)
+        } else {
+            None
+        };
+        Self {
+            state: State::Ready,
+            shared,
+            ctx,
+            policy,
+            svc,
+            template,
+            next: Some(req),
+            last: None,
+            attempt: 1,
+            withdrawal: None,
+        }
+    }
+}
+
+impl<P, S, Req> Future for ResponseFuture<P, S, Req>
+where
+    P: Policy<Req, S::Response, S::Error>,
+    S: Service<Req>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let outcome = match this.state.as_mut().project() {
+                StateProj::Ready => {
+                    let actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
+                    let svc = &mut *this.svc;
+                    let next = &mut *this.next;
+                    // One scope around readiness and the call.
+                    let called = actx.clone().sync_scope(|| match svc.poll_ready(cx) {
+                        Poll::Pending => None,
+                        Poll::Ready(Err(e)) => Some(Err(e)),
+                        Poll::Ready(Ok(())) => Some(Ok(next.take().map(|req| svc.call(req)))),
+                    });
+                    match called {
+                        None => return Poll::Pending,
+                        Some(Err(e)) => Err(e),
+                        Some(Ok(Some(fut))) => {
+                            this.state.set(State::Calling {
+                                fut: actx.scope(fut),
+                            });
+                            continue;
+                        }
+                        Some(Ok(None)) => {
+                            // Unreachable: `next` is set before each Ready.
+                            this.state.set(State::Done);
+                            continue;
+                        }
+                    }
+                }
+                StateProj::Calling { fut } => ready!(fut.poll(cx)),
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    if let Some(w) = this.withdrawal.take() {
+                        w.commit();
+                    }
+                    *this.attempt += 1;
+                    this.shared.retries.fetch_add(1, Ordering::Relaxed);
+                    *this.next = if *this.attempt >= this.shared.config.max_attempts {
+                        this.template.take()
+                    } else {
+                        this.template
+                            .as_ref()
+                            .and_then(|t| this.policy.clone_request(t))
+                    };
+                    if this.next.is_none() {
+                        // The policy could not copy the request this time:
+                        // the previous outcome stands.
+                        if let Some(out) = this.last.take() {
+                            this.state.set(State::Done);
+                            return Poll::Ready(out);
+                        }
+                    }
+                    this.state.set(State::Ready);
+                    continue;
+                }
+                StateProj::Done => panic!("retry ResponseFuture polled after completion"),
+            };
+
+            // An attempt finished: decide.
+            let action = this.policy.decide(&outcome);
+            let wait = match action {
+                Action::Retry | Action::RetryAfter(_) => retry_wait(
+                    this.shared,
+                    this.ctx,
+                    *this.attempt,
+                    action,
+                    this.template.is_some(),
+                ),
+                _ => None,
+            };
+            let Some((now, wait)) = wait else {
+                this.state.set(State::Done);
+                let out = if action == Action::Refused {
+                    this.last.take().unwrap_or(outcome)
+                } else {
+                    outcome
+                };
+                *this.last = None;
+                return Poll::Ready(out);
+            };
+            let Some(withdrawal) = this.shared.budget.withdraw(this.shared, now) else {
+                this.shared.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                this.state.set(State::Done);
+                *this.last = None;
+                return Poll::Ready(outcome);
+            };
+            *this.withdrawal = Some(withdrawal);
+            *this.last = Some(this.policy.retain(outcome));
+            this.state.set(State::Backoff {
+                sleep: sleep_until(now + wait),
+            });
+        }
+    }
+}
+
+/// The wait before the next retry, or `None` when there is none: attempts
+/// spent, nothing to replay, an upstream wait over `retry_after_max`, or a
+/// retry that would start later than the SLA deadline minus
+/// `min_attempt_time`.
+fn retry_wait(
+    shared: &Shared,
+    ctx: &Context,
+    attempt: u32,
+    action: Action,
+    replayable: bool,
+) -> Option<(Instant, tokio::time::Duration)> {
+    let cfg = &shared.config;
+    if !replayable || attempt >= cfg.max_attempts {
+        return None;
+    }
+    let wait = match action {
+        Action::RetryAfter(d) if d <= cfg.retry_after_max => d,
+        Action::RetryAfter(_) => return None,
+        _ => backoff(
+            cfg.backoff_base,
+            cfg.backoff_max,
+            cfg.jitter,
+            attempt,
+            shared.rng.next_u64(),
+        ),
+    };
+    let now = Instant::now();
+    if let Some(sla) = ctx.sla_deadline() {
+        let start_by = sla.checked_sub(cfg.min_attempt_time)?;
+        if now.checked_add(wait)? > start_by {
+            return None;
+        }
+    }
+    Some((now, wait))
+}
+
+impl<P, S, Req> fmt::Debug for ResponseFuture<P, S, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Ready => "ready",
+            State::Calling { .. } => "calling",
+            State::Backoff { .. } => "backoff",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("attempt", &self.attempt)
+            .field("withdrawal", &self.withdrawal)
+            .finish_non_exhaustive()
+    }
+}
