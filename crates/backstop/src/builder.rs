@@ -49,6 +49,7 @@ pub mod slot {
         AttemptTimeout
     );
 
+    #[allow(unused_macros)] // unused when no layer feature is on
     macro_rules! fill {
         ($slot:ident: $($ty:ty $(where [$($g:tt)*])?),+ $(,)?) => {$(
             impl<$($($g)*)?> sealed::Sealed for $ty {}
