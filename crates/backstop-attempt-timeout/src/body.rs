@@ -41,7 +41,9 @@ pin_project! {
     ///
     /// # Cancellation
     ///
-    /// Holds the buffered first frame, the inner body and two timers.
+    /// Holds the buffered first frame, the inner body and one timer (boxed:
+    /// one allocation per streaming response, so the body is `Unpin` when
+    /// the inner body is).
     /// Dropping it drops them all; nothing else is held.
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub struct ResponseBody<B>
@@ -60,12 +62,14 @@ pin_project! {
         Streaming {
             #[pin]
             body: B,
-            #[pin]
-            idle: Sleep,
-            idle_armed: bool,
+            // One boxed timer per streaming response, armed at the earlier of
+            // the idle deadline and the maximum: boxed so the body is `Unpin`
+            // whenever the inner body is (the HTTP retry moves bodies), and
+            // one timer instead of two.
+            timer: Pin<Box<Sleep>>,
+            idle_at: Option<Instant>,
             idle_timeout: Duration,
-            #[pin]
-            max: Sleep,
+            max_at: Instant,
             max_duration: Duration,
         },
         Ended,
@@ -85,11 +89,10 @@ impl<B: Body> ResponseBody<B> {
             first: Some(first),
             state: State::Streaming {
                 body,
-                // Reset before its first poll.
-                idle: sleep_until(max_at),
-                idle_armed: false,
+                timer: Box::pin(sleep_until(max_at)),
+                idle_at: None,
                 idle_timeout,
-                max: sleep_until(max_at),
+                max_at,
                 max_duration,
             },
         }
@@ -130,42 +133,52 @@ where
             StateProj::Ended => return Poll::Ready(None),
             StateProj::Streaming {
                 body,
-                mut idle,
-                idle_armed,
+                timer,
+                idle_at,
                 idle_timeout,
-                max,
+                max_at,
                 max_duration,
             } => {
-                if max.poll(cx).is_ready() {
-                    Step::Fail(
-                        StreamTimedOut::new(StreamTimeout::MaxDuration, *max_duration).into(),
-                    )
+                let now = Instant::now();
+                let max_err =
+                    || StreamTimedOut::new(StreamTimeout::MaxDuration, *max_duration).into();
+                // Checked before every poll of the inner body, so a body that
+                // always has a frame ready is cut too.
+                if now >= *max_at {
+                    Step::Fail(max_err())
                 } else {
                     match body.poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => {
-                            *idle_armed = false;
+                            *idle_at = None;
                             return Poll::Ready(Some(Ok(frame)));
                         }
                         Poll::Ready(Some(Err(err))) => Step::Fail(err.into()),
                         Poll::Ready(None) => Step::End,
                         Poll::Pending => {
-                            if !*idle_armed {
-                                // At most 24 h: no overflow.
-                                idle.as_mut().reset(Instant::now() + *idle_timeout);
-                                *idle_armed = true;
+                            // The idle clock starts at the first poll that
+                            // finds no frame after the last one. At most
+                            // 24 h: no overflow.
+                            let idle = *idle_at.get_or_insert(now + *idle_timeout);
+                            let due = idle.min(*max_at);
+                            if timer.deadline() != due {
+                                timer.as_mut().reset(due);
                             }
-                            if idle.poll(cx).is_pending() {
+                            if timer.as_mut().poll(cx).is_pending() {
                                 return Poll::Pending;
                             }
-                            Step::Fail(
-                                StreamTimedOut::new(StreamTimeout::Idle, *idle_timeout).into(),
-                            )
+                            if due == *max_at {
+                                Step::Fail(max_err())
+                            } else {
+                                Step::Fail(
+                                    StreamTimedOut::new(StreamTimeout::Idle, *idle_timeout).into(),
+                                )
+                            }
                         }
                     }
                 }
             }
         };
-        // Ended or failed: drop the inner body and the timers now.
+        // Ended or failed: drop the inner body and the timer now.
         this.state.set(State::Ended);
         match step {
             Step::End => Poll::Ready(None),
@@ -209,13 +222,13 @@ impl<B: Body> fmt::Debug for ResponseBody<B> {
         match &self.state {
             State::Streaming {
                 idle_timeout,
-                max,
+                max_at,
                 max_duration,
                 ..
             } => d
                 .field("idle_timeout", idle_timeout)
                 .field("max_duration", max_duration)
-                .field("ends_at", &max.deadline()),
+                .field("ends_at", max_at),
             State::Ended => d.field("ended", &true),
         };
         d.finish_non_exhaustive()

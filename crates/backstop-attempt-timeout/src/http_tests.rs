@@ -658,7 +658,8 @@ assert_impl_all!(HttpAttemptTimeout<HttpInner>: Send, Sync, Clone);
 assert_impl_all!(
     <HttpAttemptTimeout<HttpInner> as Service<Request<()>>>::Future: Send
 );
-assert_impl_all!(ResponseBody<Full<Bytes>>: Send, Sync, Body, std::fmt::Debug);
+// Unpin so the HTTP retry (which moves bodies) composes outside it.
+assert_impl_all!(ResponseBody<Full<Bytes>>: Send, Sync, Unpin, Body, std::fmt::Debug);
 assert_impl_all!(
     HttpResponseFuture<std::future::Ready<Result<Response<Full<Bytes>>, BoxError>>, Full<Bytes>>: Send,
     Sync
