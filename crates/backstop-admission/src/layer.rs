@@ -8,6 +8,7 @@ use backstop_core::{ConfigError, QueueSlots, check_duration};
 use tokio::time::Duration;
 use tower_layer::Layer;
 
+use crate::obs::{Metrics, debug_event};
 use crate::service::QueueAdmission;
 
 /// The default most requests waiting at once.
@@ -61,6 +62,7 @@ pub(crate) struct Shared {
     pub(crate) retry_after: Duration,
     wait_timeouts: AtomicU64,
     rejected: AtomicU64,
+    metrics: Metrics,
 }
 
 // === impl Shared ===
@@ -68,10 +70,17 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn count_wait_timeout(&self) {
         self.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.metrics.wait_timeout();
+        debug_event!(
+            max_wait_ms = self.max_wait.as_millis() as u64,
+            "admission wait exceeded"
+        );
     }
 
     pub(crate) fn count_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected();
+        debug_event!(max_waiting = self.slots.max(), "admission queue full");
     }
 }
 
@@ -147,6 +156,7 @@ impl QueueAdmissionLayer {
                 retry_after,
                 wait_timeouts: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
+                metrics: Metrics::resolve(),
             }),
         }
     }

@@ -118,15 +118,33 @@
 //! response futures (no task, no channel), keeps error types and the context,
 //! and counts each waiting request once however many limiters it passes.
 //!
+//! # Observability
+//!
+//! `tracing` debug events with the context's request id and attempt:
+//! `admission queue full` and `admission wait exceeded`. With the `metrics`
+//! feature (names from `backstop_core::metrics`): `llm_queue_timeout_total`
+//! counts each `WaitExceeded` a limiter inside returned, and
+//! `llm_queue_full_total` each request refused with `QueueFull`. The
+//! handles are resolved when the layer is built ([`QueueAdmissionBuilder::build`]
+//! or `Default`): install the recorder first. The queue depth is
+//! [`QueueHandle::depth`], for a gauge read at scrape time.
+//!
 //! # Feature flags
 //!
 //! - `http`: nothing of this crate changes; it enables `backstop-core/http`
 //!   for users who build their stack with the HTTP error mapping.
+//! - `metrics`: emits the metrics above; behaviour is unchanged.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod future;
 mod layer;
+mod obs;
 mod service;
+
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_support;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests;
 
 pub use crate::layer::{
     DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITING, DEFAULT_RETRY_AFTER, QueueAdmissionBuilder,

@@ -10,6 +10,7 @@ use backstop_core::{AttemptTimedOut, BoxError, Scoped, SlaExpired};
 use pin_project_lite::pin_project;
 use tokio::time::{Duration, Sleep, sleep_until};
 
+use crate::obs::{Outcome, Recording};
 use crate::service::Bound;
 
 #[cfg(feature = "http")]
@@ -26,7 +27,8 @@ pin_project! {
     /// Holds the inner future (inside the request's context scope) and one
     /// timer, nothing else. Dropping it at any point drops the inner future,
     /// within the context scope, and deregisters the timer; a future that
-    /// failed at once (SLA already passed) holds nothing.
+    /// failed at once (SLA already passed) holds nothing. With the `metrics`
+    /// feature, a drop before the attempt ended counts it as `cancelled`.
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
@@ -43,19 +45,26 @@ pin_project! {
             sleep: Sleep,
             by_sla: bool,
             timeout: Duration,
+            recording: Recording,
         },
         Expired,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: Scoped<F>, armed: Bound, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        inner: Scoped<F>,
+        armed: Bound,
+        timeout: Duration,
+        recording: Recording,
+    ) -> Self {
         Self {
             state: State::Running {
                 inner,
                 sleep: sleep_until(armed.at),
                 by_sla: armed.by_sla,
                 timeout,
+                recording,
             },
         }
     }
@@ -92,11 +101,17 @@ where
                 sleep,
                 by_sla,
                 timeout,
+                recording,
             } => {
                 if let Poll::Ready(res) = inner.poll(cx) {
+                    recording.finish(match res {
+                        Ok(_) => Outcome::Success,
+                        Err(_) => Outcome::Error,
+                    });
                     return Poll::Ready(res.map_err(Into::into));
                 }
                 ready!(sleep.poll(cx));
+                recording.finish(Outcome::Timeout { by_sla: *by_sla });
                 Poll::Ready(Err(expiry(*by_sla, || AttemptTimedOut::new(*timeout))))
             }
             StateProj::Expired => Poll::Ready(Err(SlaExpired::new().into())),

@@ -19,6 +19,7 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 use crate::future::expiry;
 use crate::layer::AttemptTimeoutLayer;
+use crate::obs::{Metrics, Outcome, Recording};
 use crate::service::{Bound, Start};
 
 /// The timeouts of one HTTP attempt and its stream.
@@ -157,6 +158,7 @@ impl<S> Layer<S> for HttpAttemptTimeoutLayer {
         HttpAttemptTimeout {
             inner,
             timeouts: self.timeouts,
+            metrics: Metrics::resolve(),
         }
     }
 }
@@ -176,6 +178,7 @@ impl<S> Layer<S> for HttpAttemptTimeoutLayer {
 pub struct HttpAttemptTimeout<S> {
     inner: S,
     timeouts: Timeouts,
+    metrics: Metrics,
 }
 
 impl<S> HttpAttemptTimeout<S> {
@@ -195,6 +198,8 @@ impl<S> HttpAttemptTimeout<S> {
     }
 }
 
+// The metric handles say nothing about the service.
+#[allow(clippy::missing_fields_in_debug)]
 impl<S: fmt::Debug> fmt::Debug for HttpAttemptTimeout<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpAttemptTimeout")
@@ -225,6 +230,7 @@ where
                 state: State::Expired,
             };
         };
+        let recording = start.recording(&self.metrics);
         let fut = start.ctx.clone().sync_scope(|| self.inner.call(req));
         let t = self.timeouts;
         // `first_byte` is at most 24 h: no overflow.
@@ -241,6 +247,7 @@ where
                     first_byte,
                     timeouts: t,
                 },
+                recording,
             },
         }
     }
@@ -274,7 +281,8 @@ pin_project! {
     /// head arrives, then the response head and body until the first frame,
     /// and one timer throughout. Dropping it at any point drops what it holds
     /// at that point (the inner future within its context scope) and
-    /// deregisters the timer.
+    /// deregisters the timer. With the `metrics` feature, a drop before the
+    /// first frame counts the attempt as `cancelled`.
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub struct HttpResponseFuture<F, B> {
         #[pin]
@@ -291,6 +299,7 @@ pin_project! {
             #[pin]
             phase: Phase<F, B>,
             plan: Plan,
+            recording: Recording,
         },
         Expired,
     }
@@ -321,8 +330,13 @@ where
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let (mut sleep, mut phase, plan) = match self.project().state.project() {
-            StateProj::Running { sleep, phase, plan } => (sleep, phase, *plan),
+        let (mut sleep, mut phase, plan, recording) = match self.project().state.project() {
+            StateProj::Running {
+                sleep,
+                phase,
+                plan,
+                recording,
+            } => (sleep, phase, *plan, recording),
             StateProj::Expired => return Poll::Ready(Err(SlaExpired::new().into())),
         };
         loop {
@@ -331,6 +345,7 @@ where
                     Poll::Ready(Ok(response)) => {
                         let (parts, body) = response.into_parts();
                         if body.is_end_stream() {
+                            recording.finish(Outcome::of_status(parts.status.as_u16()));
                             phase.set(Phase::Done);
                             let body = ResponseBody::ended(body);
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
@@ -342,11 +357,15 @@ where
                         sleep.as_mut().reset(plan.first_byte.at);
                     }
                     Poll::Ready(Err(err)) => {
+                        recording.finish(Outcome::Error);
                         phase.set(Phase::Done);
                         return Poll::Ready(Err(err.into()));
                     }
                     Poll::Pending => {
                         ready!(sleep.as_mut().poll(cx));
+                        recording.finish(Outcome::Timeout {
+                            by_sla: plan.head.by_sla,
+                        });
                         phase.set(Phase::Done);
                         let t = plan.timeouts.attempt;
                         return Poll::Ready(Err(expiry(plan.head.by_sla, || {
@@ -362,11 +381,15 @@ where
                         Poll::Ready(Some(Ok(frame))) => Some(frame),
                         Poll::Ready(None) => None,
                         Poll::Ready(Some(Err(err))) => {
+                            recording.finish(Outcome::Error);
                             phase.set(Phase::Done);
                             return Poll::Ready(Err(err.into()));
                         }
                         Poll::Pending => {
                             ready!(sleep.as_mut().poll(cx));
+                            recording.finish(Outcome::Timeout {
+                                by_sla: plan.first_byte.by_sla,
+                            });
                             phase.set(Phase::Done);
                             let t = plan.timeouts.first_byte;
                             return Poll::Ready(Err(expiry(plan.first_byte.by_sla, || {
@@ -377,6 +400,7 @@ where
                     let (Some(parts), Some(body)) = (parts.take(), body.take()) else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
+                    recording.finish(Outcome::of_status(parts.status.as_u16()));
                     phase.set(Phase::Done);
                     let body = match first {
                         Some(frame) => ResponseBody::streaming(
@@ -404,7 +428,9 @@ impl<F, B> fmt::Debug for HttpResponseFuture<F, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("HttpResponseFuture");
         match &self.state {
-            State::Running { sleep, phase, plan } => {
+            State::Running {
+                sleep, phase, plan, ..
+            } => {
                 let phase = match phase {
                     Phase::Head { .. } => "head",
                     Phase::FirstFrame { .. } => "first_frame",

@@ -116,6 +116,33 @@
 //! [`StreamTimedOut`](backstop_core::StreamTimedOut) error is boxed (one
 //! small allocation, on the failure path only).
 //!
+//! # Observability
+//!
+//! `tracing` events at debug level, with the context's request id and
+//! attempt: `calling upstream` (timeout, capped by SLA), then one of
+//! `upstream attempt succeeded`, `upstream answered with an http error`
+//! (status), `upstream attempt timed out`, `upstream attempt failed`,
+//! `upstream attempt cancelled` (duration). No header, body or error
+//! payload is logged.
+//!
+//! With the `metrics` feature, per attempt that reached the inner service
+//! (an already-passed SLA counts nothing), names from
+//! `backstop_core::metrics`:
+//!
+//! - `llm_calls_total{outcome}`: `success`; `http_error` (with `http`, a
+//!   status of 400 or more); `timeout` (an attempt timeout, or an expiry
+//!   capped by the SLA); `connect_error` (the inner service or the body
+//!   before its first frame failed); `cancelled` (the future was dropped
+//!   first);
+//! - `llm_call_duration_seconds`: one sample per attempt counted above, to
+//!   the end of the attempt (the head, or the first frame with `http`);
+//! - `llm_call_timeout_total`: attempt timeouts only, not SLA-capped ones.
+//!
+//! The handles are resolved when the layer wraps a service
+//! (`Layer::layer`), on the recorder installed then: install the recorder
+//! before building the stack. Each event is then one atomic operation (a
+//! no-op with no recorder); the future holds one `Arc` to the handles.
+//!
 //! # Panics
 //!
 //! Like `tower::timeout::Timeout`, `call` creates a tokio timer, so it must
@@ -143,12 +170,14 @@
 //!   [`HttpAttemptTimeout`], [`future::HttpResponseFuture`] and
 //!   [`body::ResponseBody`]. It adds types; [`AttemptTimeout`] behaves the
 //!   same with or without it.
+//! - `metrics`: emits the metrics above; behaviour is unchanged.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The docs link the `http` items, which exist only with the feature.
 #![cfg_attr(not(feature = "http"), allow(rustdoc::broken_intra_doc_links))]
 
 pub mod future;
 mod layer;
+mod obs;
 mod service;
 
 #[cfg(feature = "http")]
@@ -166,5 +195,9 @@ pub use crate::http::{HttpAttemptTimeout, HttpAttemptTimeoutLayer};
 
 #[cfg(all(test, feature = "http"))]
 mod http_tests;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_support;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests;
 #[cfg(test)]
 mod tests;

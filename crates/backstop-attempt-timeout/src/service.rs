@@ -8,6 +8,7 @@ use tokio::time::{Duration, Instant};
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
+use crate::obs::{Metrics, Recording};
 
 /// The service made by [`AttemptTimeoutLayer`](crate::AttemptTimeoutLayer).
 ///
@@ -24,11 +25,16 @@ use crate::future::ResponseFuture;
 pub struct AttemptTimeout<S> {
     inner: S,
     timeout: Duration,
+    metrics: Metrics,
 }
 
 impl<S> AttemptTimeout<S> {
     pub(crate) fn new(inner: S, timeout: Duration) -> Self {
-        Self { inner, timeout }
+        Self {
+            inner,
+            timeout,
+            metrics: Metrics::resolve(),
+        }
     }
 
     /// The timeout of each attempt (before the SLA cap).
@@ -69,8 +75,9 @@ where
         let Some(start) = Start::now(self.timeout) else {
             return ResponseFuture::expired();
         };
+        let recording = start.recording(&self.metrics);
         let fut = start.ctx.clone().sync_scope(|| self.inner.call(req));
-        ResponseFuture::new(start.ctx.scope(fut), start.armed, self.timeout)
+        ResponseFuture::new(start.ctx.scope(fut), start.armed, self.timeout, recording)
     }
 }
 
@@ -104,8 +111,6 @@ impl Bound {
 /// for the response.
 #[derive(Debug)]
 pub(crate) struct Start {
-    // `now` and `sla` time the first frame, with the `http` feature only.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) now: Instant,
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) sla: Option<Instant>,
@@ -114,6 +119,11 @@ pub(crate) struct Start {
 }
 
 impl Start {
+    /// Starts recording the attempt (and traces the call).
+    pub(crate) fn recording(&self, metrics: &Metrics) -> Recording {
+        Recording::start(metrics, self.now, self.armed.at, self.armed.by_sla)
+    }
+
     /// Reads the outer context and arms min(now + `timeout`, SLA deadline).
     /// `None` when that is already at or before now (only the SLA can do
     /// that: `timeout` is above zero): fail with the SLA error without

@@ -15,6 +15,7 @@ use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use crate::layer::{Permit, ReleaseOnCompletion, ReleasePolicy};
+use crate::obs::{Metrics, debug_event};
 
 pin_project! {
     /// The response future of [`ConcurrencyLimit`](crate::ConcurrencyLimit).
@@ -94,14 +95,21 @@ pin_project! {
         // Moved into the permit once taken.
         semaphore: Option<Arc<Semaphore>>,
         // Created only once the fast path found no permit free.
-        waiter: Option<PollSemaphore>,
+        waiter: Option<Box<Waiter>>,
         deadline: Option<WaitDeadline>,
         // Armed (and boxed, to keep the future small) only once this future
         // must wait with a deadline.
         sleep: Option<Pin<Box<Sleep>>>,
         permit: Option<Permit>,
         hold: Option<TicketHold>,
+        metrics: Metrics,
     }
+}
+
+/// A request on the semaphore's wait list, and since when.
+struct Waiter {
+    semaphore: PollSemaphore,
+    since: Instant,
 }
 
 pin_project! {
@@ -132,6 +140,7 @@ where
         semaphore: Arc<Semaphore>,
         deadline: Option<WaitDeadline>,
         hold: Option<TicketHold>,
+        metrics: Metrics,
     ) -> Self {
         let admit = Admit {
             state: State::Waiting {
@@ -144,6 +153,7 @@ where
             sleep: None,
             permit: None,
             hold,
+            metrics,
         };
         let inner = match ctx {
             Some(ctx) => Inner::Scoped {
@@ -204,6 +214,7 @@ where
                             this.waiter,
                             this.deadline.as_ref(),
                             this.sleep,
+                            this.metrics,
                             cx,
                         ) {
                             Poll::Ready(Ok(permit)) => permit,
@@ -267,9 +278,10 @@ where
 /// (lazily created) FIFO waiter, bounded by the deadline.
 fn poll_permit(
     semaphore: &mut Option<Arc<Semaphore>>,
-    waiter: &mut Option<PollSemaphore>,
+    waiter: &mut Option<Box<Waiter>>,
     deadline: Option<&WaitDeadline>,
     sleep: &mut Option<Pin<Box<Sleep>>>,
+    metrics: &Metrics,
     cx: &mut TaskContext<'_>,
 ) -> Poll<Result<Permit, BoxError>> {
     let Some(sem) = semaphore.as_ref() else {
@@ -289,19 +301,30 @@ fn poll_permit(
                 Err(TryAcquireError::NoPermits) => false,
             };
             if fast {
-                return Poll::Ready(into_permit(semaphore));
+                metrics.acquired(0.0);
+                return Poll::Ready(into_permit(semaphore, metrics));
             }
             // Must wait. A deadline already reached fails without queueing.
             if let Poll::Ready(e) = poll_deadline(deadline, sleep, cx) {
                 return Poll::Ready(Err(e));
             }
-            waiter.insert(PollSemaphore::new(Arc::clone(sem)))
+            debug_event!("waiting for a concurrency permit");
+            waiter.insert(Box::new(Waiter {
+                semaphore: PollSemaphore::new(Arc::clone(sem)),
+                since: Instant::now(),
+            }))
         }
     };
-    match waiter.poll_acquire(cx) {
+    match waiter.semaphore.poll_acquire(cx) {
         Poll::Ready(Some(permit)) => {
             permit.forget();
-            Poll::Ready(into_permit(semaphore))
+            let wait = Instant::now().saturating_duration_since(waiter.since);
+            metrics.acquired(wait.as_secs_f64());
+            debug_event!(
+                wait_ms = wait.as_millis() as u64,
+                "concurrency permit acquired after waiting"
+            );
+            Poll::Ready(into_permit(semaphore, metrics))
         }
         Poll::Ready(None) => Poll::Ready(Err(closed())),
         Poll::Pending => poll_deadline(deadline, sleep, cx).map(Err),
@@ -309,10 +332,13 @@ fn poll_permit(
 }
 
 /// Wraps a slot already taken (and forgotten) from the semaphore.
-fn into_permit(semaphore: &mut Option<Arc<Semaphore>>) -> Result<Permit, BoxError> {
+fn into_permit(
+    semaphore: &mut Option<Arc<Semaphore>>,
+    metrics: &Metrics,
+) -> Result<Permit, BoxError> {
     semaphore
         .take()
-        .map(Permit::taken)
+        .map(|semaphore| Permit::taken(semaphore, metrics))
         .ok_or_else(polled_after_completion)
 }
 

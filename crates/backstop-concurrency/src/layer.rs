@@ -8,6 +8,7 @@ use backstop_core::ConfigError;
 use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
+use crate::obs::{Held, Metrics};
 use crate::service::ConcurrencyLimit;
 
 /// Limits how many requests run at once, with one semaphore shared by every
@@ -23,6 +24,7 @@ use crate::service::ConcurrencyLimit;
 pub struct ConcurrencyLimitLayer<R = ReleaseOnCompletion> {
     semaphore: Arc<Semaphore>,
     max: usize,
+    metrics: Metrics,
     _release: PhantomData<fn() -> R>,
 }
 
@@ -69,6 +71,8 @@ pub trait ReleasePolicy<Resp>: sealed::Sealed {
 #[must_use = "dropping the permit releases it at once"]
 pub struct Permit {
     semaphore: Arc<Semaphore>,
+    // Counted in `llm_concurrent_calls` while held (feature `metrics`).
+    _held: Held,
 }
 
 pub(crate) mod sealed {
@@ -94,8 +98,11 @@ impl<Resp> ReleasePolicy<Resp> for ReleaseOnCompletion {
 impl Permit {
     /// A permit for one slot the caller already took from `semaphore` (and
     /// `forget()`-ed).
-    pub(crate) fn taken(semaphore: Arc<Semaphore>) -> Self {
-        Self { semaphore }
+    pub(crate) fn taken(semaphore: Arc<Semaphore>, metrics: &Metrics) -> Self {
+        Self {
+            semaphore,
+            _held: metrics.hold(),
+        }
     }
 }
 
@@ -135,6 +142,7 @@ impl ConcurrencyLimitLayer {
         Ok(Self {
             semaphore: Arc::new(Semaphore::new(max_in_flight)),
             max: max_in_flight,
+            metrics: Metrics::resolve(),
             _release: PhantomData,
         })
     }
@@ -159,6 +167,7 @@ impl<R> ConcurrencyLimitLayer<R> {
         ConcurrencyLimitLayer {
             semaphore: self.semaphore,
             max: self.max,
+            metrics: self.metrics,
             _release: PhantomData,
         }
     }
@@ -171,6 +180,7 @@ impl<R> Clone for ConcurrencyLimitLayer<R> {
         Self {
             semaphore: Arc::clone(&self.semaphore),
             max: self.max,
+            metrics: self.metrics.clone(),
             _release: PhantomData,
         }
     }
@@ -180,10 +190,17 @@ impl<S, R> Layer<S> for ConcurrencyLimitLayer<R> {
     type Service = ConcurrencyLimit<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ConcurrencyLimit::new(inner, Arc::clone(&self.semaphore), self.max)
+        ConcurrencyLimit::new(
+            inner,
+            Arc::clone(&self.semaphore),
+            self.max,
+            self.metrics.clone(),
+        )
     }
 }
 
+// The metric handles say nothing about the limit.
+#[allow(clippy::missing_fields_in_debug)]
 impl<R> fmt::Debug for ConcurrencyLimitLayer<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConcurrencyLimitLayer")

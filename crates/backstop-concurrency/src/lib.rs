@@ -89,7 +89,9 @@
 //! Uncontended: none beyond the inner call (reference-count increments for
 //! the permit and the context). Contended: one boxed `acquire_owned` future
 //! per waiting request, inside [`tokio_util::sync::PollSemaphore`], because
-//! tokio's acquire future cannot be named; and one boxed timer
+//! tokio's acquire future cannot be named; the `PollSemaphore` itself, boxed
+//! with the instant the wait started (for the wait metric), so that the
+//! uncontended future does not carry it inline; and one boxed timer
 //! ([`tokio::time::Sleep`]) when a deadline applies, boxed so the uncontended
 //! future stays small. No spawn; no lock on the fast path (tokio's semaphore
 //! takes its wait-list mutex when a permit is released, as tower's does).
@@ -115,10 +117,28 @@
 //! - **Admission aware.** The wait counts against a `QueueAdmission` slot
 //!   and fails with `WaitExceeded` or `SlaExpired`, never hangs past it.
 //!
+//! # Observability
+//!
+//! `tracing` debug events with the context's request id and attempt:
+//! `acquiring concurrency permit` (free permits) in `call`, and on the
+//! contended path `waiting for a concurrency permit` and `concurrency permit
+//! acquired after waiting` (wait).
+//!
+//! With the `metrics` feature (names from `backstop_core::metrics`):
+//! `llm_semaphore_wait_seconds`, one sample per permit acquired, a zero for
+//! each permit taken without waiting (the fast path reads no clock); and the
+//! `llm_concurrent_calls` gauge, incremented when a permit is taken and
+//! decremented when it is released (so with `http`, at body end). A wait
+//! that ends without a permit (deadline, drop) records no sample. The
+//! handles are resolved in [`ConcurrencyLimitLayer::new`]: install the
+//! recorder first. Each event is one atomic operation; each permit holds one
+//! more `Arc`.
+//!
 //! # Feature flags
 //!
 //! - `http`: [`ConcurrencyLimitLayer::release_at_body_end`],
 //!   [`body::ResponseBody`] and [`body::ReleaseAtBodyEnd`].
+//! - `metrics`: emits the metrics above; behaviour is unchanged.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "http")]
@@ -126,7 +146,13 @@
 pub mod body;
 pub mod future;
 mod layer;
+mod obs;
 mod service;
+
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_support;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests;
 
 pub use crate::layer::{
     ConcurrencyHandle, ConcurrencyLimitLayer, Permit, ReleaseOnCompletion, ReleasePolicy,

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use crate::future::ResponseFuture;
 use crate::layer::{ConcurrencyHandle, ReleaseOnCompletion, ReleasePolicy};
+use crate::obs::{Metrics, debug_event};
 
 /// Limits how many requests run at once; built by
 /// [`ConcurrencyLimitLayer`](crate::ConcurrencyLimitLayer).
@@ -26,17 +27,19 @@ pub struct ConcurrencyLimit<S, R = ReleaseOnCompletion> {
     inner: S,
     semaphore: Arc<Semaphore>,
     max: usize,
+    metrics: Metrics,
     _release: PhantomData<fn() -> R>,
 }
 
 // === impl ConcurrencyLimit ===
 
 impl<S, R> ConcurrencyLimit<S, R> {
-    pub(crate) fn new(inner: S, semaphore: Arc<Semaphore>, max: usize) -> Self {
+    pub(crate) fn new(inner: S, semaphore: Arc<Semaphore>, max: usize, metrics: Metrics) -> Self {
         Self {
             inner,
             semaphore,
             max,
+            metrics,
             _release: PhantomData,
         }
     }
@@ -66,10 +69,17 @@ impl<S: Clone, R> Clone for ConcurrencyLimit<S, R> {
     // Hand-written: a derive would require `R: Clone`. Clones share the
     // semaphore (one limit) and hold no permit of their own.
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), Arc::clone(&self.semaphore), self.max)
+        Self::new(
+            self.inner.clone(),
+            Arc::clone(&self.semaphore),
+            self.max,
+            self.metrics.clone(),
+        )
     }
 }
 
+// The metric handles say nothing about the limit.
+#[allow(clippy::missing_fields_in_debug)]
 impl<S: fmt::Debug, R> fmt::Debug for ConcurrencyLimit<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConcurrencyLimit")
@@ -109,6 +119,18 @@ where
         // was here (tower's `Buffer`/`Retry` idiom).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(ctx, inner, req, Arc::clone(&self.semaphore), deadline, hold)
+        debug_event!(
+            available_permits = self.semaphore.available_permits(),
+            "acquiring concurrency permit"
+        );
+        ResponseFuture::new(
+            ctx,
+            inner,
+            req,
+            Arc::clone(&self.semaphore),
+            deadline,
+            hold,
+            self.metrics.clone(),
+        )
     }
 }

@@ -52,6 +52,8 @@
 //! # Feature flags
 //!
 //! - `http`: [`http`], the HTTP mapping and header rules.
+//! - `metrics`: [`metrics`], the metric names, buckets and registration the
+//!   layers share.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admission;
@@ -62,6 +64,10 @@ mod request_id;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 
 pub use crate::admission::{AdmissionTicket, QueueSlots, TicketHold, WaitBound, WaitDeadline};
 pub use crate::context::{

@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
 
+use crate::obs::Wait;
 use crate::reservation::{Attach, CancelOnDrop, Parts, Reservation};
 use crate::store::{Decision, RateStore, StoreErrorPolicy};
 
@@ -56,6 +57,7 @@ pin_project! {
         reserved: CancelOnDrop<St>,
         spent: Option<Parts<St>>,
         attach: Option<A>,
+        wait: Option<Wait>,
     }
 }
 
@@ -90,6 +92,7 @@ where
             reserved: CancelOnDrop(None),
             spent: None,
             attach: None,
+            wait: None,
         }
     }
 
@@ -99,6 +102,7 @@ where
         ctx: Option<Context>,
         hold: Option<TicketHold>,
         attach: A,
+        wait: Wait,
     ) -> Self {
         Self {
             state: State::Ready,
@@ -110,6 +114,7 @@ where
             reserved: CancelOnDrop(None),
             spent: None,
             attach: Some(attach),
+            wait: Some(wait),
         }
     }
 
@@ -120,6 +125,7 @@ where
         ctx: Option<Context>,
         hold: Option<TicketHold>,
         attach: A,
+        wait: Wait,
     ) -> Self {
         Self {
             state: State::Start,
@@ -131,6 +137,7 @@ where
             reserved: CancelOnDrop(None),
             spent: None,
             attach: Some(attach),
+            wait: Some(wait),
         }
     }
 }
@@ -184,6 +191,9 @@ where
                             if pending.deadline.is_some_and(|at| due > at) {
                                 // A store that admitted past the deadline
                                 // (a remote clock, say): never sleep to fail.
+                                if let Some(wait) = this.wait.as_ref() {
+                                    wait.refused(after);
+                                }
                                 parts.cancel();
                                 this.state.set(State::Done);
                                 *this.hold = None;
@@ -191,11 +201,17 @@ where
                                 return Poll::Ready(Err(err.into()));
                             }
                             this.reserved.0 = Some(parts);
+                            if let Some(wait) = this.wait.as_mut() {
+                                wait.sleeping(after);
+                            }
                             this.state.set(State::Waiting {
                                 sleep: Box::pin(sleep_until(due)),
                             });
                         }
                         Ok(Decision::Reject { retry_after }) => {
+                            if let Some(wait) = this.wait.as_ref() {
+                                wait.refused(retry_after);
+                            }
                             this.state.set(State::Done);
                             *this.hold = None;
                             let err = Overloaded::new(OverloadReason::RateLimited, retry_after);
@@ -234,6 +250,9 @@ where
                     *this.inner = None;
                     // Admitted: leave admission, and the cost is spent.
                     *this.hold = None;
+                    if let Some(wait) = this.wait.take() {
+                        wait.admitted();
+                    }
                     *this.spent = this.reserved.0.take();
                     this.state.set(State::Calling { fut });
                 }

@@ -12,6 +12,7 @@ use tower_layer::Layer;
 use crate::gcra::{GcraStore, Quota};
 use crate::key::{Global, KeyedBy, UnitCost, Weighted};
 use crate::keyed::KeyedGcraStore;
+use crate::obs::Metrics;
 use crate::reservation::{AttachWith, Discard, Reservation};
 use crate::service::RateLimit;
 use crate::store::{RateStore, StoreErrorPolicy};
@@ -39,6 +40,7 @@ pub(crate) struct Shared<C, Kf, St> {
     pub(crate) quota: Quota,
     pub(crate) name: &'static str,
     pub(crate) policy: StoreErrorPolicy,
+    pub(crate) metrics: Metrics,
 }
 
 /// Settings of a [`RateLimitLayer`], checked by [`build`](Self::build).
@@ -265,6 +267,7 @@ impl<C, Kf, K> RateLimitBuilder<C, Kf, K> {
                 quota,
                 name: self.name,
                 policy: self.policy,
+                metrics: Metrics::resolve(self.name),
             }),
             attach: Discard,
         })

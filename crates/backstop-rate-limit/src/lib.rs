@@ -194,17 +194,34 @@
 //! - Weighted costs, keys, reservations with settle, and a pluggable store
 //!   have no tower equivalent.
 //!
+//! # Observability
+//!
+//! `tracing` debug events with the context's request id and attempt, and
+//! the limiter's name: `acquiring rate limit` (cost) in `call`, `waiting for
+//! a rate limit token` (wait) when the store admits after a wait, and `rate
+//! limit wait would pass the admission deadline` when it refuses.
+//!
+//! With the `metrics` feature: `llm_rate_limit_wait_seconds{limiter=<name>}`
+//! (name from `backstop_core::metrics`, label from
+//! [`RateLimitBuilder::name`], static), one sample per request this limiter
+//! admits (calls its inner service for), a zero when it did not wait (cost
+//! 0 included). A refused, failed or dropped wait records nothing. The
+//! handle is resolved in `build()`: install the recorder first. Each sample
+//! is one atomic operation on the handle the future carries.
+//!
 //! # Feature flags
 //!
 //! - `http`: [`RateLimitLayer::reservation_in_extensions`] and
 //!   [`InExtensions`], which put each response's [`Reservation`] into
 //!   `http::Response::extensions_mut()`.
+//! - `metrics`: emits the metric above; behaviour is unchanged.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod gcra;
 mod key;
 mod keyed;
 mod layer;
+mod obs;
 mod reservation;
 mod service;
 mod store;
@@ -223,5 +240,9 @@ pub use crate::reservation::{Attach, AttachWith, Discard, Reservation};
 pub use crate::service::RateLimit;
 pub use crate::store::{Decision, RateStore, Receipt, StoreError, StoreErrorPolicy};
 
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_support;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use crate::future::ResponseFuture;
 use crate::gcra::Quota;
 use crate::key::{CostFn, Global, KeyFn, UnitCost};
 use crate::layer::Shared;
+use crate::obs::{Wait, debug_event};
 use crate::reservation::{Attach, Discard};
 use crate::store::RateStore;
 use crate::{GcraStore, future};
@@ -90,6 +91,8 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let ctx = Context::current();
+        debug_event!(limiter = self.shared.name, cost, "acquiring rate limit");
+        let wait = Wait::new(self.shared.metrics.clone(), self.shared.name);
         // Enter synchronously, so the ticket's count never dips to zero
         // between QueueAdmission's `call()` returning and ours admitting
         // (cost 0 too: the inner limiters still have to enter).
@@ -97,7 +100,7 @@ where
         let deadline = ctx.wait_deadline().map(|d| d.at());
         let ctx = future::capture(ctx);
         if cost == 0 {
-            return ResponseFuture::bypass(inner, req, ctx, hold, self.attach.clone());
+            return ResponseFuture::bypass(inner, req, ctx, hold, self.attach.clone(), wait);
         }
         let key = self.shared.key.key(&req);
         future::ResponseFuture::reserving(
@@ -114,6 +117,7 @@ where
             ctx,
             hold,
             self.attach.clone(),
+            wait,
         )
     }
 }

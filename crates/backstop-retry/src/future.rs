@@ -15,6 +15,7 @@ use tower_service::Service;
 use crate::backoff::backoff;
 use crate::budget::Withdrawal;
 use crate::layer::Shared;
+use crate::obs::debug_event;
 use crate::policy::{Action, Policy};
 
 #[cfg(feature = "http")]
@@ -138,6 +139,8 @@ where
                     }
                     *this.attempt += 1;
                     this.shared.retries.fetch_add(1, Ordering::Relaxed);
+                    this.shared.metrics.retry();
+                    debug_event!(this.ctx, attempt = *this.attempt, "retry started");
                     *this.next = if *this.attempt >= this.shared.config.max_attempts {
                         this.template.take()
                     } else {
@@ -183,11 +186,23 @@ where
             };
             let Some(withdrawal) = this.shared.budget.withdraw(this.shared, now) else {
                 this.shared.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                this.shared.metrics.budget_exhausted();
+                debug_event!(
+                    this.ctx,
+                    attempt = *this.attempt,
+                    "retry refused: budget exhausted"
+                );
                 this.state.set(State::Done);
                 *this.last = None;
                 return Poll::Ready(outcome);
             };
             *this.withdrawal = Some(withdrawal);
+            debug_event!(
+                this.ctx,
+                attempt = *this.attempt,
+                backoff_ms = wait.as_millis() as u64,
+                "attempt failed, retrying after backoff"
+            );
             *this.last = Some(this.policy.retain(outcome));
             this.state.set(State::Backoff {
                 sleep: sleep_until(now + wait),

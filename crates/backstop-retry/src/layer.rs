@@ -11,6 +11,7 @@ use tower_layer::Layer;
 
 use crate::backoff::{Jitter, Rng};
 use crate::budget::Budget;
+use crate::obs::Metrics;
 use crate::policy::DefaultPolicy;
 use crate::service::Retry;
 
@@ -32,6 +33,7 @@ pub(crate) struct Shared {
     pub(crate) rng: Rng,
     pub(crate) retries: AtomicU64,
     pub(crate) budget_exhausted: AtomicU64,
+    pub(crate) metrics: Metrics,
 }
 
 /// Applies [`Retry`] to a service: attempts with backoff and jitter, paid from
@@ -364,6 +366,7 @@ impl<P, K> RetryLayerBuilder<P, K> {
             rng: Rng::new(self.seed),
             retries: AtomicU64::new(0),
             budget_exhausted: AtomicU64::new(0),
+            metrics: Metrics::resolve(),
         }))
     }
 }

@@ -227,9 +227,22 @@
 //! - A locally refused attempt returns the previous attempt's outcome.
 //! - Validated configuration ([`ConfigError`]), never a panic.
 //!
+//! # Observability
+//!
+//! `tracing` debug events with the request id and the attempt that ended:
+//! `attempt failed, retrying after backoff` (backoff), `retry started` (the
+//! new attempt's number), `retry refused: budget exhausted`.
+//!
+//! With the `metrics` feature (names from `backstop_core::metrics`):
+//! `llm_retries_total`, each retry started (after its backoff, as
+//! [`RetryStats::retries`] counts), and `llm_retry_budget_exhausted_total`,
+//! each retry the budget refused (as [`RetryStats::budget_exhausted`]). The
+//! handles are resolved in `build()`: install the recorder first.
+//!
 //! # Feature flags
 //!
 //! - `http`: [`HttpRetryLayer`], [`HttpRetry`], [`HttpPolicy`] and [`body`].
+//! - `metrics`: emits the metrics above; behaviour is unchanged.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The crate docs link to the `http` items; without the feature they are absent.
 #![cfg_attr(not(feature = "http"), allow(rustdoc::broken_intra_doc_links))]
@@ -237,6 +250,7 @@
 mod backoff;
 mod budget;
 mod layer;
+mod obs;
 mod policy;
 mod service;
 
@@ -263,5 +277,9 @@ pub use crate::http::{
 
 #[cfg(all(test, feature = "http"))]
 mod http_tests;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_support;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests;
 #[cfg(test)]
 mod tests;

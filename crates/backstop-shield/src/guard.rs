@@ -19,6 +19,7 @@ use tokio::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use crate::hook::{Completion, Hook, Outcome};
+use crate::obs::Metrics;
 
 /// The state every service and clone made by one layer shares.
 pub(crate) struct Shared<H> {
@@ -34,6 +35,8 @@ pub(crate) struct Core {
     spawned: AtomicU64,
     timed_out: AtomicU64,
     skipped: AtomicU64,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    metrics: Metrics,
 }
 
 impl<H> Shared<H> {
@@ -46,6 +49,7 @@ impl<H> Shared<H> {
                 spawned: AtomicU64::new(0),
                 timed_out: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),
+                metrics: Metrics::resolve(),
             },
             hook,
         }
@@ -54,6 +58,37 @@ impl<H> Shared<H> {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Which count to bump, in the stats and (feature `metrics`) the metric.
+#[derive(Clone, Copy)]
+enum Count {
+    Inline,
+    Spawned,
+    TimedOut,
+    Skipped,
+}
+
+impl Core {
+    fn count(&self, count: Count) {
+        let (stat, name) = match count {
+            Count::Inline => (&self.inline, "inline"),
+            Count::Spawned => (&self.spawned, "spawned"),
+            Count::TimedOut => (&self.timed_out, "timed_out"),
+            Count::Skipped => (&self.skipped, "skipped"),
+        };
+        bump(stat);
+        #[cfg(feature = "metrics")]
+        match count {
+            Count::Inline => self.metrics.inline.increment(1),
+            Count::Spawned => self.metrics.spawned.increment(1),
+            Count::TimedOut => self.metrics.timed_out.increment(1),
+            Count::Skipped => self.metrics.skipped.increment(1),
+        }
+        if matches!(count, Count::TimedOut | Count::Skipped) {
+            tracing::debug!(hook = name, "completion hook did not finish");
+        }
+    }
 }
 
 /// Lets [`HookTracker`] hold any `Shared<H>` without naming `H`.
@@ -279,10 +314,10 @@ fn run<H: Hook>(
     if H::SYNC {
         // Runtime-free by contract: run it here, whatever thread this is.
         let fut = pin!(shared.hook.call(done));
-        bump(if poll_once(fut) {
-            &core.inline
+        core.count(if poll_once(fut) {
+            Count::Inline
         } else {
-            &core.skipped
+            Count::Skipped
         });
         return;
     }
@@ -293,7 +328,7 @@ fn run<H: Hook>(
         (Some(current), captured) => {
             let mut fut = Box::pin(shared.hook.call(done));
             if poll_once(fut.as_mut()) {
-                bump(&core.inline);
+                core.count(Count::Inline);
             } else {
                 spawn(shared, &captured.unwrap_or(current), Work::Resume(fut));
             }
@@ -305,7 +340,7 @@ fn run<H: Hook>(
         // counts as a skip.
         (None, Some(captured)) => spawn(shared, &captured, Work::Start(done)),
         // No runtime at all: nothing can run an async hook.
-        (None, None) => bump(&core.skipped),
+        (None, None) => core.count(Count::Skipped),
     }
 }
 
@@ -333,14 +368,14 @@ impl<H> SpawnWatch<H> {
 impl<H> Drop for SpawnWatch<H> {
     fn drop(&mut self) {
         if !self.settled {
-            bump(&self.shared.core.skipped);
+            self.shared.core.count(Count::Skipped);
         }
     }
 }
 
 fn spawn<H: Hook>(shared: &Arc<Shared<H>>, handle: &Handle, work: Work<H>) {
     let core = &shared.core;
-    bump(&core.spawned);
+    core.count(Count::Spawned);
     let mut watch = SpawnWatch {
         shared: Arc::clone(shared),
         settled: false,
@@ -354,7 +389,7 @@ fn spawn<H: Hook>(shared: &Arc<Shared<H>>, handle: &Handle, work: Work<H>) {
             Work::Resume(fut) => tokio::time::timeout(limit, fut).await.is_ok(),
         };
         if !finished {
-            bump(&watch.shared.core.timed_out);
+            watch.shared.core.count(Count::TimedOut);
         }
         watch.settle();
     };

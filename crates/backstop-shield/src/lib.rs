@@ -204,10 +204,20 @@
 //! nothing. Here the drop is an outcome of its own, and async cleanup
 //! outlives the request, bounded and drained at shutdown.
 //!
+//! # Observability
+//!
+//! A hook that timed out or was skipped logs a `tracing` debug event,
+//! `completion hook did not finish`. With the `metrics` feature,
+//! `llm_hooks_total{hook}` (name and values from `backstop_core::metrics`)
+//! counts what [`HookStats`] counts: `inline`, `spawned`, `timed_out`,
+//! `skipped`. The handles are resolved when the layer is built: install the
+//! recorder first.
+//!
 //! # Feature flags
 //!
 //! - `http`: `HttpShieldedOnCancelLayer`, `HttpShieldedOnCancel`,
 //!   `body::ResponseBody` and `Completion::status`.
+//! - `metrics`: emits the metric above; behaviour is unchanged.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "http")]
@@ -217,7 +227,13 @@ pub mod future;
 mod guard;
 mod hook;
 mod layer;
+mod obs;
 mod service;
+
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_support;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests;
 
 pub use crate::guard::{HookStats, HookTracker};
 pub use crate::hook::{Completion, Hook, Outcome, SyncHook, hook_fn, sync_hook};

@@ -5,9 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
 
-use backstop_core::{BoxError, Scoped, SlaExpired};
+use backstop_core::{BoxError, Scoped, SlaExpired, find};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
+
+use crate::obs::{Metrics, sla_expired};
 
 pin_project! {
     /// Response future of [`SlaTimeout`](crate::SlaTimeout).
@@ -36,17 +38,19 @@ pin_project! {
             inner: Scoped<F>,
             #[pin]
             sleep: Sleep,
+            metrics: Metrics,
         },
         Expired,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: Scoped<F>, deadline: Instant) -> Self {
+    pub(crate) fn new(inner: Scoped<F>, deadline: Instant, metrics: Metrics) -> Self {
         Self {
             state: State::Running {
                 inner,
                 sleep: sleep_until(deadline),
+                metrics,
             },
         }
     }
@@ -67,11 +71,23 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Running { inner, sleep } => {
+            StateProj::Running {
+                inner,
+                sleep,
+                metrics,
+            } => {
                 if let Poll::Ready(res) = inner.poll(cx) {
-                    return Poll::Ready(res.map_err(Into::into));
+                    return Poll::Ready(res.map_err(|e| {
+                        let e: BoxError = e.into();
+                        // An inner wait or attempt cut by this deadline.
+                        if find::<SlaExpired>(&*e).is_some() {
+                            sla_expired(metrics);
+                        }
+                        e
+                    }));
                 }
                 ready!(sleep.poll(cx));
+                sla_expired(metrics);
                 Poll::Ready(Err(SlaExpired::new().into()))
             }
             // `SlaExpired` is zero-sized: boxing it does not allocate.

@@ -74,6 +74,15 @@
 //! counts at most. [`SlaExpired`] is zero-sized, so boxing it allocates
 //! nothing either.
 //!
+//! # Observability
+//!
+//! Each request failed by its SLA deadline (this layer's timer, a deadline
+//! already passed at `call`, or an inner layer's [`SlaExpired`]) logs a
+//! `tracing` warning, `sla deadline exceeded`, with the context's request
+//! id, and with the `metrics` feature counts `llm_sla_expired_total` (name
+//! from `backstop_core::metrics`). The handle is resolved when the layer
+//! wraps a service: install the recorder before building the stack.
+//!
 //! # Panics
 //!
 //! Like `tower::timeout::Timeout`, `call` creates a tokio timer, so it must
@@ -99,15 +108,21 @@
 //! - `http`: reserved for symmetry with the other layer crates; it adds no
 //!   behaviour today (the SLA bounds the response future for any request
 //!   type).
+//! - `metrics`: counts SLA expiries; behaviour is unchanged.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod future;
 mod layer;
+mod obs;
 mod service;
 
 pub use crate::layer::SlaTimeoutLayer;
 pub use crate::service::SlaTimeout;
 pub use backstop_core::{BoxError, SlaExpired};
 
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_support;
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use tokio::time::{Duration, Instant};
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
+use crate::obs::{Metrics, sla_expired};
 
 /// The service made by [`SlaTimeoutLayer`](crate::SlaTimeoutLayer).
 ///
@@ -21,11 +22,16 @@ use crate::future::ResponseFuture;
 pub struct SlaTimeout<S> {
     inner: S,
     timeout: Duration,
+    metrics: Metrics,
 }
 
 impl<S> SlaTimeout<S> {
     pub(crate) fn new(inner: S, timeout: Duration) -> Self {
-        Self { inner, timeout }
+        Self {
+            inner,
+            timeout,
+            metrics: Metrics::resolve(),
+        }
     }
 
     /// The SLA applied to each request.
@@ -72,10 +78,11 @@ where
         if deadline <= now {
             // The outer deadline has already passed: the inner service is
             // not called at all.
+            sla_expired(&self.metrics);
             return ResponseFuture::expired();
         }
         let ctx = outer.with_sla_deadline(deadline);
         let fut = ctx.clone().sync_scope(|| self.inner.call(req));
-        ResponseFuture::new(ctx.scope(fut), deadline)
+        ResponseFuture::new(ctx.scope(fut), deadline, self.metrics.clone())
     }
 }

@@ -1,0 +1,66 @@
+//! Observability of SLA expiries: a `tracing` warning always, and with the
+//! `metrics` feature, `llm_sla_expired_total`.
+
+/// Counts and logs one request failed by its SLA deadline.
+pub(crate) fn sla_expired(metrics: &Metrics) {
+    metrics.expired();
+    if tracing::enabled!(tracing::Level::WARN) {
+        let ctx = backstop_core::Context::try_current();
+        let ctx = ctx.as_ref();
+        tracing::warn!(
+            request_id = ctx
+                .and_then(backstop_core::Context::request_id)
+                .map(tracing::field::display),
+            attempt = ctx
+                .and_then(backstop_core::Context::attempt)
+                .map(backstop_core::Attempt::get),
+            "sla deadline exceeded"
+        );
+    }
+}
+
+#[cfg(feature = "metrics")]
+mod imp {
+    use std::fmt;
+
+    use backstop_core::metrics as m;
+    use metrics::Counter;
+
+    /// The handle, resolved when the layer wraps a service.
+    #[derive(Clone)]
+    pub(crate) struct Metrics(Counter);
+
+    impl Metrics {
+        pub(crate) fn resolve() -> Self {
+            Self(m::counter(m::SLA_EXPIRED_TOTAL))
+        }
+
+        pub(crate) fn expired(&self) {
+            self.0.increment(1);
+        }
+    }
+
+    impl fmt::Debug for Metrics {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Metrics")
+        }
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod imp {
+    /// Without the `metrics` feature: nothing.
+    #[derive(Clone, Debug, Default)]
+    pub(crate) struct Metrics;
+
+    impl Metrics {
+        pub(crate) fn resolve() -> Self {
+            Self
+        }
+
+        #[allow(clippy::unused_self)]
+        pub(crate) fn expired(&self) {}
+    }
+}
+
+pub(crate) use imp::Metrics;
