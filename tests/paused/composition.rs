@@ -39,14 +39,14 @@ async fn run(order: Order) {
     let svc = match order {
         Order::RateThenConcurrency => ServiceBuilder::new()
             .queue_admission(admission)
-            .rate_limit(rate)
-            .concurrency_limit(conc)
+            .rate_limited(rate)
+            .concurrency_limited(conc)
             .service(upstream())
             .boxed_clone(),
         Order::ConcurrencyThenRate => ServiceBuilder::new()
             .queue_admission(admission)
-            .concurrency_limit(conc)
-            .rate_limit(rate)
+            .concurrency_limited(conc)
+            .rate_limited(rate)
             .service(upstream())
             .boxed_clone(),
     };
@@ -127,8 +127,8 @@ async fn drops_return_slots_in_any_order() {
     let handle = conc.handle();
     let svc = ServiceBuilder::new()
         .queue_admission(admission)
-        .rate_limit(RateLimitLayer::per_second(2).burst(1).build().unwrap())
-        .concurrency_limit(conc)
+        .rate_limited(RateLimitLayer::per_second(2).burst(1).build().unwrap())
+        .concurrency_limited(conc)
         .service(upstream())
         .boxed_clone();
     let mut first = task::spawn(svc.clone().oneshot(1));

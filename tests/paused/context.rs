@@ -26,7 +26,7 @@ async fn generic_service_sees_min_of_attempt_and_remaining_sla() {
     let record = seen.clone();
     let svc = ServiceBuilder::new()
         .sla_timeout(SlaTimeoutLayer::new(secs(10)).unwrap())
-        .retry(
+        .retrying(
             RetryLayer::builder()
                 .max_attempts(3)
                 .backoff_base(secs(4))

@@ -72,7 +72,7 @@ fn harness(upstream: MockUpstream, cfg: Cfg) -> Harness {
             .for_http(),
         )
         .sla_timeout(SlaTimeoutLayer::new(cfg.sla).unwrap())
-        .retry(
+        .retrying(
             RetryLayer::builder()
                 .max_attempts(cfg.attempts)
                 .backoff_base(ms(50))
@@ -89,13 +89,13 @@ fn harness(upstream: MockUpstream, cfg: Cfg) -> Harness {
                 .build()
                 .unwrap(),
         )
-        .rate_limit(
+        .rate_limited(
             RateLimitLayer::per_minute(cfg.per_minute)
                 .burst(1)
                 .build()
                 .unwrap(),
         )
-        .concurrency_limit(
+        .concurrency_limited(
             ConcurrencyLimitLayer::new(cfg.permits)
                 .unwrap()
                 .release_at_body_end(),

@@ -63,7 +63,7 @@ where
             .for_http(),
         )
         .sla_timeout(SlaTimeoutLayer::new(Duration::from_secs(60)).unwrap())
-        .concurrency_limit(conc)
+        .concurrency_limited(conc)
         .attempt_timeout(
             AttemptTimeoutLayer::new(Duration::from_secs(30))
                 .unwrap()

@@ -110,19 +110,26 @@ mod sealed {
 /// Each method takes the layer value, so the layer's own builder validates its
 /// settings, and is only there when the layer's feature is on. The trait is
 /// sealed.
+///
+/// The retry and limit methods are named `retrying`, `rate_limited` and
+/// `concurrency_limited`, not `retry`, `rate_limit` and `concurrency_limit`:
+/// `ServiceBuilder` has inherent methods of those names when tower's `retry`
+/// or `limit` features are on, and an inherent method always wins over a
+/// trait method, so the shorter names would stop compiling as soon as any
+/// crate in the build turned those tower features on.
 pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// Adds `ShieldedOnCancel` (outermost).
     fn shielded_on_cancel<T: slot::Shield>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
     /// Adds `SlaTimeout`.
     fn sla_timeout<T: slot::Sla>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
     /// Adds `Retry`.
-    fn retry<T: slot::Retry>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
+    fn retrying<T: slot::Retry>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
     /// Adds `QueueAdmission`.
     fn queue_admission<T: slot::Admission>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
     /// Adds a `RateLimit` (call it once per quota: RPM, TPM, per client).
-    fn rate_limit<T: slot::RateLimit>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
+    fn rate_limited<T: slot::RateLimit>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
     /// Adds `ConcurrencyLimit`.
-    fn concurrency_limit<T: slot::Concurrency>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
+    fn concurrency_limited<T: slot::Concurrency>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
     /// Adds `AttemptTimeout` (innermost of the resilience layers).
     fn attempt_timeout<T: slot::AttemptTimeout>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
 }
@@ -134,16 +141,16 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn sla_timeout<T: slot::Sla>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
         self.layer(layer)
     }
-    fn retry<T: slot::Retry>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
+    fn retrying<T: slot::Retry>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
         self.layer(layer)
     }
     fn queue_admission<T: slot::Admission>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
         self.layer(layer)
     }
-    fn rate_limit<T: slot::RateLimit>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
+    fn rate_limited<T: slot::RateLimit>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
         self.layer(layer)
     }
-    fn concurrency_limit<T: slot::Concurrency>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
+    fn concurrency_limited<T: slot::Concurrency>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
         self.layer(layer)
     }
     fn attempt_timeout<T: slot::AttemptTimeout>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {

@@ -13,6 +13,7 @@
 //! | `concurrency` | [`concurrency`]: `ConcurrencyLimitLayer` |
 //! | `retry` | [`retry`]: `RetryLayer` |
 //! | `full` | all of the above |
+//! | `metrics` | each enabled layer emits DESIGN's metrics through the `metrics` facade (install the recorder before building the layers) |
 //! | `http` | the HTTP variants of each enabled layer, and [`http`] (error mapping, `X-Request-ID`, context into extensions) |
 //!
 //! Features only add: turning one on never changes what an existing type

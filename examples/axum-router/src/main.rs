@@ -41,7 +41,7 @@ async fn main() -> Result<(), BoxError> {
         .layer(SetRequestIdLayer::new().http())
         .layer(ErrorResponseLayer::new())
         .sla_timeout(SlaTimeoutLayer::new(Duration::from_secs(1))?)
-        .concurrency_limit(ConcurrencyLimitLayer::new(64)?.release_at_body_end())
+        .concurrency_limited(ConcurrencyLimitLayer::new(64)?.release_at_body_end())
         .attempt_timeout(AttemptTimeoutLayer::new(Duration::from_secs(30))?.for_http())
         .layer(PropagateContextLayer::new())
         .service(app);

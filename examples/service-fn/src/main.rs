@@ -47,7 +47,7 @@ async fn main() -> Result<(), BoxError> {
             );
         })))
         .sla_timeout(SlaTimeoutLayer::new(Duration::from_secs(2))?)
-        .retry(
+        .retrying(
             RetryLayer::builder()
                 .max_attempts(3)
                 .backoff_base(Duration::from_millis(50))
@@ -60,8 +60,8 @@ async fn main() -> Result<(), BoxError> {
                 .max_wait(Duration::from_millis(500))
                 .build()?,
         )
-        .rate_limit(RateLimitLayer::per_second(20).burst(5).build()?)
-        .concurrency_limit(ConcurrencyLimitLayer::new(4)?)
+        .rate_limited(RateLimitLayer::per_second(20).burst(5).build()?)
+        .concurrency_limited(ConcurrencyLimitLayer::new(4)?)
         .attempt_timeout(AttemptTimeoutLayer::new(Duration::from_millis(300))?)
         .service(vendor);
 
