@@ -1,0 +1,643 @@
+//! The router: the whole stack in DESIGN's order.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use backstop::admission::{QueueAdmissionLayer, QueueHandle};
+use backstop::attempt_timeout::AttemptTimeoutLayer;
+use backstop::concurrency::{ConcurrencyHandle, ConcurrencyLimitLayer};
+use backstop::rate_limit::RateLimitLayer;
+use backstop::retry::{Jitter as RetryJitter, RetryLayer, RetryStats};
+use backstop::shield::{Completion, HookTracker, ShieldedOnCancelLayer, sync_hook};
+use backstop::sla::SlaTimeoutLayer;
+use backstop::{Context, CostOverBurst, ErrorKind, RequestId, SetRequestIdLayer};
+use backstop_core::http::header::X_REQUEST_TIMEOUT_MS;
+use backstop_core::http::{
+    ErrorResponseLayer, PropagateContextLayer, json_error, retry_after_headers,
+};
+use backstop_core::metrics::ErrorCounters;
+use backstop_health::Readiness;
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use serde_json::Value;
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::config::{Config, Jitter};
+use crate::tokens::{CollectLayer, SettleLayer, TokenEstimate, estimate};
+use crate::trace::{CountErrorsLayer, HeadArrival, TraceLayer};
+use crate::upstream::{ForwardLayer, Upstream};
+
+type Stack = BoxCloneSyncService<http::Request<Full<Bytes>>, Response, Infallible>;
+
+/// An error building the app: the setting (as a config key) and why.
+pub type BuildError = crate::config::ConfigError;
+
+/// Live handles into the stack, for readiness, shutdown, the demo and tests.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// The admission queue.
+    pub queue: QueueHandle,
+    /// The concurrency limit.
+    pub concurrency: ConcurrencyHandle,
+    /// Cancel hooks still running, drained at shutdown.
+    pub hooks: HookTracker,
+    /// Retry counters.
+    pub retries: RetryStats,
+    /// Readiness (backstop-health): draining, saturation, upstream errors.
+    pub readiness: Readiness,
+    /// Requests the shield saw cancelled (client went away).
+    pub cancelled: Arc<AtomicU64>,
+    /// Requests the shield saw end, whatever the outcome.
+    pub completed: Arc<AtomicU64>,
+}
+
+/// What [`build`] makes: the router and its handles.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The full router, outer layers included.
+    pub router: Router,
+    /// Handles into the stack.
+    pub handles: Handles,
+}
+
+/// Optional pieces of the app.
+#[derive(Default)]
+#[allow(missing_debug_implementations)]
+pub struct AppOptions {
+    /// Renders `/metrics` (the Prometheus recorder's handle), if installed.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Fires at the shutdown timeout: open SSE streams end with the error
+    /// event.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+struct Gateway {
+    stacks: Vec<Stack>,
+    client_keys: Vec<Vec<u8>>,
+    client_tpm: Vec<Option<u64>>,
+    tokens_burst: Option<u64>,
+    sla: Duration,
+    max_body: usize,
+    max_buffered: usize,
+    buffered: AtomicUsize,
+    default_completion: u64,
+    overload_status: StatusCode,
+    retry_after: Duration,
+    handles: Handles,
+    errors: ErrorCounters,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+/// The router for a configuration, in front of `upstream`.
+pub fn app(config: &Config, upstream: Upstream) -> Result<Router, BuildError> {
+    build(config, upstream, AppOptions::default()).map(|a| a.router)
+}
+
+fn key(prefix: &'static str) -> impl Fn(backstop::ConfigError) -> BuildError {
+    move |e| BuildError::new(format!("{prefix}.{}", e.setting()), e.reason().to_owned())
+}
+
+/// Builds the app: the stack of DESIGN's "The gateway's stack".
+#[allow(clippy::too_many_lines, clippy::needless_pass_by_value)]
+pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result<App, BuildError> {
+    let overload_status = StatusCode::from_u16(config.admission.overload_status)
+        .map_err(|_| BuildError::new("admission.overload_status", "not a status"))?;
+    let cancelled = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let (c1, c2) = (Arc::clone(&cancelled), Arc::clone(&completed));
+    let shield = ShieldedOnCancelLayer::builder(sync_hook(move |done: Completion| {
+        c2.fetch_add(1, Ordering::Relaxed);
+        if done.outcome().is_cancelled() {
+            c1.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                request_id = done.request_id().map(RequestId::as_str),
+                elapsed_ms = done.elapsed().as_millis() as u64,
+                "request cancelled by the client"
+            );
+        }
+    }))
+    .hook_timeout(config.hook_timeout)
+    .build()
+    .map_err(key("shield"))?
+    .for_http();
+    let sla = SlaTimeoutLayer::new(config.sla_timeout).map_err(key("sla"))?;
+    let r = &config.retry;
+    let retry = RetryLayer::builder()
+        .max_attempts(r.max_attempts)
+        .backoff_base(r.backoff_base)
+        .backoff_max(r.backoff_max)
+        .jitter(match r.jitter {
+            Jitter::Additive => RetryJitter::Additive,
+            Jitter::Full => RetryJitter::Full,
+        })
+        .retry_after_max(r.retry_after_max)
+        .ratio(r.budget_ratio)
+        .min_per_second(r.budget_min_per_second)
+        .window(r.budget_window)
+        .min_attempt_time(r.min_attempt_time)
+        .for_http()
+        .max_replay_bytes(r.max_replay_bytes)
+        .build()
+        .map_err(|e| {
+            let k = match e.setting() {
+                "ratio" => "budget_ratio",
+                "min_per_second" => "budget_min_per_second",
+                "window" => "budget_window",
+                other => other,
+            };
+            BuildError::new(format!("retry.{k}"), e.reason().to_owned())
+        })?;
+    let admission = QueueAdmissionLayer::builder()
+        .max_waiting(config.admission.max_waiting)
+        .max_wait(config.admission.queue_timeout)
+        .retry_after(config.admission.retry_after)
+        .build()
+        .map_err(|e| {
+            BuildError::new(format!("admission.{}", e.setting()), e.reason().to_owned())
+        })?;
+    let rl = &config.rate_limit;
+    let rpm = RateLimitLayer::per_minute(rl.requests_per_minute)
+        .burst(rl.requests_burst)
+        .name("rpm")
+        .build()
+        .map_err(key("rate_limit"))?;
+    let tpm = match rl.tokens_per_minute {
+        None => None,
+        Some(n) => Some(
+            RateLimitLayer::per_minute(n)
+                .burst(rl.tokens_burst.unwrap_or(n))
+                .cost_fn(
+                    crate::tokens::token_cost::<backstop::retry::body::ReplayBody<Full<Bytes>>>,
+                )
+                .name("tpm")
+                .build()
+                .map_err(key("rate_limit"))?
+                .reservation_in_extensions(),
+        ),
+    };
+    let concurrency = ConcurrencyLimitLayer::new(config.max_in_flight)
+        .map_err(key("concurrency"))?
+        .release_at_body_end();
+    let a = &config.attempt;
+    let attempt = AttemptTimeoutLayer::new(a.timeout)
+        .map_err(key("attempt"))?
+        .for_http()
+        .first_byte_timeout(a.first_byte_timeout)
+        .map_err(key("attempt"))?
+        .idle_timeout(a.idle_timeout)
+        .map_err(key("attempt"))?
+        .max_stream_duration(a.max_stream_duration)
+        .map_err(key("attempt"))?;
+    let base = config
+        .upstream
+        .url
+        .as_deref()
+        .unwrap_or("http://simulated-vendor");
+    let forward = ForwardLayer::new(
+        base,
+        config.upstream.api_key.as_ref().map(|s| s.0.as_str()),
+        config.upstream.api_key.is_none() && config.clients.is_empty(),
+    )
+    .map_err(|e| BuildError::new("upstream.api_key_env", e))?;
+    let error_layer = ErrorResponseLayer::new()
+        .overload_status(overload_status)
+        .map_err(key("admission"))?;
+
+    let (queue, permits) = (admission.queue(), concurrency.handle());
+    let readiness = Readiness::builder()
+        .saturation(move || queue.is_full(), move || permits.available_permits())
+        .upstream_errors(config.ready_upstream_errors)
+        .build();
+    let handles = Handles {
+        queue: admission.queue(),
+        concurrency: concurrency.handle(),
+        hooks: shield.tracker(),
+        retries: retry.stats(),
+        readiness: readiness.clone(),
+        cancelled,
+        completed,
+    };
+
+    // One stack per client (its own limits), sharing every global layer:
+    // a clone of a layer value is the same limiter, queue and budget.
+    let mut client_limits: Vec<(Option<u64>, Option<u64>, Option<u64>)> = config
+        .clients
+        .iter()
+        .map(|c| (c.requests_per_minute, c.requests_burst, c.tokens_per_minute))
+        .collect();
+    if client_limits.is_empty() {
+        client_limits.push((None, None, None));
+    }
+    let errors = ErrorCounters::new();
+    let mut stacks = Vec::with_capacity(client_limits.len());
+    for (i, (c_rpm, c_burst, c_tpm)) in client_limits.iter().copied().enumerate() {
+        let client_key = |k: &str, e: backstop::ConfigError| {
+            BuildError::new(format!("clients[{i}].{k}"), e.reason().to_owned())
+        };
+        let per_client_requests = match c_rpm {
+            None => None,
+            Some(n) => Some(
+                RateLimitLayer::per_minute(n)
+                    .burst(c_burst.unwrap_or((n / 60).max(1)))
+                    .name("client_rpm")
+                    .build()
+                    .map_err(|e| client_key("requests_per_minute", e))?,
+            ),
+        };
+        let per_client_tokens = match c_tpm {
+            None => None,
+            Some(n) => Some((
+                CollectLayer,
+                RateLimitLayer::per_minute(n)
+                    .burst(n)
+                    .cost_fn(
+                        crate::tokens::token_cost::<backstop::retry::body::ReplayBody<Full<Bytes>>>,
+                    )
+                    .name("client_tpm")
+                    .build()
+                    .map_err(|e| client_key("tokens_per_minute", e))?
+                    .reservation_in_extensions(),
+            )),
+        };
+        let stack = ServiceBuilder::new()
+            .layer(error_layer)
+            .layer(CountErrorsLayer::new(errors.clone()))
+            .layer(shield.clone())
+            .layer(sla)
+            .layer(retry.clone())
+            .layer(SettleLayer)
+            .layer(admission.clone())
+            .option_layer(per_client_requests)
+            .option_layer(per_client_tokens)
+            .layer(rpm.clone())
+            .option_layer(tpm.clone().map(|t| (CollectLayer, t)))
+            .layer(concurrency.clone())
+            // Every attempt's outcome feeds readiness, timeouts included.
+            .map_result({
+                let r = readiness.clone();
+                move |res| {
+                    r.record_http(&res);
+                    res
+                }
+            })
+            .layer(attempt)
+            .layer(PropagateContextLayer::new())
+            .layer(forward.clone())
+            .service(upstream.clone());
+        let stack = stack.map_response(|res| res.map(Body::new));
+        stacks.push(BoxCloneSyncService::new(stack));
+    }
+
+    let gw = Arc::new(Gateway {
+        stacks,
+        client_keys: config
+            .clients
+            .iter()
+            .map(|c| c.key.0.as_bytes().to_vec())
+            .collect(),
+        client_tpm: config.clients.iter().map(|c| c.tokens_per_minute).collect(),
+        tokens_burst: rl.tokens_per_minute.map(|n| rl.tokens_burst.unwrap_or(n)),
+        sla: config.sla_timeout,
+        max_body: config.limits.max_body_bytes,
+        max_buffered: config.limits.max_buffered_bytes,
+        buffered: AtomicUsize::new(0),
+        default_completion: rl.default_completion_tokens,
+        overload_status,
+        retry_after: config.admission.retry_after,
+        handles: handles.clone(),
+        errors,
+        metrics: options.metrics,
+    });
+
+    let router = Router::new()
+        .route("/v1/chat/completions", post(v1))
+        .route("/v1/completions", post(v1))
+        .route("/v1/embeddings", post(v1))
+        .route("/v1/models", get(v1))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(gw)
+        .layer(
+            ServiceBuilder::new()
+                .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                    panic_response,
+                ))
+                .layer(SetRequestIdLayer::new().http())
+                .layer(TraceLayer::new(options.shutdown)),
+        );
+    Ok(App { router, handles })
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> http::Response<Full<Bytes>> {
+    tracing::error!("handler panicked");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Internal,
+        "internal error",
+        None,
+    )
+    .map(Full::new)
+}
+
+fn request_id(req: &Request) -> Option<RequestId> {
+    req.extensions().get::<RequestId>().cloned()
+}
+
+impl Gateway {
+    /// A generated error the gateway answers itself, counted.
+    fn error(
+        &self,
+        status: StatusCode,
+        kind: ErrorKind,
+        message: &str,
+        id: Option<&RequestId>,
+    ) -> Response {
+        self.errors.record(kind);
+        json_error(status, kind, message, id).map(Body::from)
+    }
+}
+
+async fn not_found(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let msg = format!("no route for {}", req.uri().path());
+    gw.error(
+        StatusCode::NOT_FOUND,
+        ErrorKind::InvalidRequest,
+        &msg,
+        request_id(&req).as_ref(),
+    )
+}
+
+async fn method_not_allowed(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let msg = format!(
+        "method {} not allowed on {}",
+        req.method(),
+        req.uri().path()
+    );
+    gw.error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::InvalidRequest,
+        &msg,
+        request_id(&req).as_ref(),
+    )
+}
+
+async fn health() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
+    backstop_health::ready_response(&gw.handles.readiness)
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    let text = gw.metrics.as_ref().map(|f| f()).unwrap_or_default();
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+/// Constant-time equality (over the longer length).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len().max(b.len());
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..n {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+impl Gateway {
+    /// The index of the authenticated client's stack.
+    fn authenticate(&self, headers: &HeaderMap) -> Option<usize> {
+        if self.client_keys.is_empty() {
+            return Some(0);
+        }
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes)
+            .and_then(|v| {
+                let (scheme, rest) = v.split_at_checked(7)?;
+                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+            })?;
+        // Compare against every key, so the time does not tell which matched.
+        let mut found = None;
+        for (i, k) in self.client_keys.iter().enumerate() {
+            if ct_eq(given, k) && found.is_none() {
+                found = Some(i);
+            }
+        }
+        found
+    }
+}
+
+/// Parses `x-request-timeout-ms`: a positive integer, or absent.
+fn client_deadline(headers: &HeaderMap) -> Result<Option<Duration>, ()> {
+    let mut values = headers.get_all(X_REQUEST_TIMEOUT_MS).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let s = v.to_str().map_err(|_| ())?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    match s.parse::<u64>() {
+        Ok(0) | Err(_) => Err(()),
+        Ok(n) => Ok(Some(Duration::from_millis(n))),
+    }
+}
+
+/// Returns buffered bytes to the global count when dropped.
+struct BufferedGuard<'a> {
+    counter: &'a AtomicUsize,
+    n: usize,
+}
+
+impl Drop for BufferedGuard<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.n, Ordering::Relaxed);
+    }
+}
+
+/// Every `/v1/*` route: auth, the deadline from head arrival, body limit,
+/// buffer and parse, then the per-client stack.
+async fn v1(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let head = req
+        .extensions()
+        .get::<HeadArrival>()
+        .map_or_else(Instant::now, |h| h.0);
+    let id = request_id(&req);
+    let id = id.as_ref();
+    let Some(client) = gw.authenticate(req.headers()) else {
+        return gw.error(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthorized,
+            "missing or wrong client key",
+            id,
+        );
+    };
+    let budget = match client_deadline(req.headers()) {
+        Ok(Some(d)) => d.min(gw.sla),
+        Ok(None) => gw.sla,
+        Err(()) => {
+            return gw.error(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidRequest,
+                "x-request-timeout-ms must be one positive integer",
+                id,
+            );
+        }
+    };
+    let deadline = head + budget;
+    let ctx = Context::current().with_sla_deadline(deadline);
+    ctx.scope(v1_inner(&gw, client, deadline, req, id)).await
+}
+
+async fn v1_inner(
+    gw: &Gateway,
+    client: usize,
+    deadline: Instant,
+    req: Request,
+    id: Option<&RequestId>,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        if len > gw.max_body as u64 {
+            return too_large(gw, id);
+        }
+    }
+    let read = tokio::time::timeout_at(deadline, Limited::new(body, gw.max_body).collect()).await;
+    let bytes = match read {
+        Err(_) => {
+            return gw.error(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::Timeout,
+                "SLA deadline expired while reading the request body",
+                id,
+            );
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(gw, id),
+        Ok(Err(_)) => {
+            return gw.error(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidRequest,
+                "could not read the request body",
+                id,
+            );
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    let now = gw.buffered.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+    let _guard = BufferedGuard {
+        counter: &gw.buffered,
+        n: bytes.len(),
+    };
+    if now > gw.max_buffered {
+        let mut res = gw.error(
+            gw.overload_status,
+            ErrorKind::Overloaded,
+            "too many request bytes buffered",
+            id,
+        );
+        retry_after_headers(res.headers_mut(), gw.retry_after);
+        return res;
+    }
+    let json = if parts.method == Method::POST {
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => {
+                return gw.error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    "the request body must be a JSON object",
+                    id,
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let est = estimate(
+        parts.uri.path(),
+        bytes.len(),
+        json.as_ref(),
+        gw.default_completion,
+    );
+    let limits = [
+        gw.tokens_burst,
+        gw.client_tpm.get(client).copied().flatten(),
+    ];
+    for limit in limits.into_iter().flatten() {
+        if est > limit {
+            let e = CostOverBurst::new(est, limit);
+            return gw.error(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::InvalidRequest,
+                &e.to_string(),
+                id,
+            );
+        }
+    }
+    parts.extensions.insert(TokenEstimate(est));
+    let req = http::Request::from_parts(parts, Full::new(bytes));
+    match gw.stacks[client].clone().oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
+}
+
+fn too_large(gw: &Gateway, id: Option<&RequestId>) -> Response {
+    let msg = format!("request body over {} bytes", gw.max_body);
+    gw.error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::InvalidRequest,
+        &msg,
+        id,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+        assert!(!ct_eq(b"", b"a"));
+    }
+
+    #[test]
+    fn deadline_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(client_deadline(&h), Ok(None));
+        h.insert(X_REQUEST_TIMEOUT_MS, "1500".parse().unwrap());
+        assert_eq!(client_deadline(&h), Ok(Some(Duration::from_millis(1500))));
+        for bad in ["0", "-1", "1.5", "abc", "", " 5"] {
+            h.insert(X_REQUEST_TIMEOUT_MS, bad.parse().unwrap());
+            assert_eq!(client_deadline(&h), Err(()), "{bad}");
+        }
+    }
+}

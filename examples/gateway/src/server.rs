@@ -1,0 +1,135 @@
+//! Serving the app: inbound hardening from `[server]` and graceful shutdown
+//! as CONFIG.md describes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Config;
+
+/// How long cut streams get to write their last event after the shutdown
+/// timeout.
+const FINAL_GRACE: Duration = Duration::from_millis(250);
+
+/// Serves `app` on `listener` until `signal` resolves, then drains.
+///
+/// `stream_shutdown` is the token given to the app (it ends open SSE
+/// streams). Returns whether everything drained (exit 0) or not (exit 1).
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    config: &Config,
+    stream_shutdown: CancellationToken,
+    signal: impl Future<Output = ()>,
+) -> bool {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        // hyper's smallest read buffer is 8 KiB.
+        .max_buf_size(config.server.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX));
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.server.max_connections));
+    let handles = app.handles.clone();
+    let router = app.router;
+
+    tokio::pin!(signal);
+    let mut stop_at: Option<Instant> = None;
+    let mut signalled_at: Option<Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut signal, if signalled_at.is_none() => {
+                let now = Instant::now();
+                signalled_at = Some(now);
+                handles.readiness.set_draining();
+                tracing::info!(drain_delay_ms = config.shutdown.drain_delay.as_millis() as u64, "shutdown signal: draining");
+                stop_at = Some(now + config.shutdown.drain_delay);
+                continue;
+            }
+            () = until(stop_at) => break,
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = &mut signal, if signalled_at.is_none() => {
+                let now = Instant::now();
+                signalled_at = Some(now);
+                handles.readiness.set_draining();
+                tracing::info!(drain_delay_ms = config.shutdown.drain_delay.as_millis() as u64, "shutdown signal: draining");
+                stop_at = Some(now + config.shutdown.drain_delay);
+                continue;
+            }
+            () = until(stop_at) => break,
+            r = listener.accept() => r,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let t0 = signalled_at.unwrap_or_else(Instant::now);
+    tracing::info!("stopped accepting; waiting for in-flight requests");
+    let deadline = t0 + config.shutdown.timeout;
+    let drain = graceful.shutdown();
+    tokio::pin!(drain);
+    let mut drained = true;
+    if tokio::time::timeout_at(deadline, &mut drain).await.is_err() {
+        // Shutdown timeout: open SSE streams get the error event and count
+        // as drained; anything else still open is cut.
+        stream_shutdown.cancel();
+        if tokio::time::timeout(FINAL_GRACE, &mut drain).await.is_err() {
+            tracing::warn!("shutdown timeout: cutting the connections still open");
+            drained = false;
+        }
+    }
+    if !handles.hooks.drain(config.hook_timeout).await {
+        tracing::warn!("cleanup hooks did not finish within shield.hook_timeout");
+        drained = false;
+    }
+    tracing::info!(drained, "shutdown complete");
+    drained
+}
+
+/// Sleeps until `at`, or forever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

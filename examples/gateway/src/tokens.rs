@@ -1,0 +1,371 @@
+//! Token estimate, and settling the token reservations from the response's
+//! usage.
+//!
+//! The TPM limiters put their [`Reservation`] into the response extensions
+//! ([`RateLimitLayer::reservation_in_extensions`]); [`CollectLayer`], right
+//! outside each, moves it into [`Reservations`] (two limiters would
+//! otherwise overwrite each other's). [`SettleLayer`], between Retry and
+//! QueueAdmission, sees every attempt's response: no 2xx refunds them all;
+//! a 2xx gets a [`SettleBody`] that reads `usage.total_tokens` from the JSON
+//! body or the SSE chunk that carries it and settles them. No usage: the
+//! estimate stands.
+//!
+//! [`RateLimitLayer::reservation_in_extensions`]: backstop::rate_limit::RateLimitLayer::reservation_in_extensions
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use backstop::rate_limit::{GcraStore, Reservation};
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use serde_json::Value;
+use tower::{Layer, Service};
+
+/// The request's token estimate, in the request extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEstimate(pub u64);
+
+/// Cost function of the TPM limiters.
+pub fn token_cost<B>(req: &Request<B>) -> u64 {
+    req.extensions().get::<TokenEstimate>().map_or(0, |t| t.0)
+}
+
+/// The estimate of CONFIG.md: ceil(bytes / 4), plus for chat and completions
+/// `max_completion_tokens`, else `max_tokens`, else the default.
+pub fn estimate(
+    path: &str,
+    body_len: usize,
+    json: Option<&serde_json::Map<String, Value>>,
+    default_completion: u64,
+) -> u64 {
+    if path == "/v1/models" {
+        return 0;
+    }
+    let prompt = (body_len as u64).div_ceil(4);
+    let completion = if path == "/v1/chat/completions" || path == "/v1/completions" {
+        json.and_then(|m| {
+            m.get("max_completion_tokens")
+                .and_then(Value::as_u64)
+                .or_else(|| m.get("max_tokens").and_then(Value::as_u64))
+        })
+        .unwrap_or(default_completion)
+    } else {
+        0
+    };
+    prompt.saturating_add(completion)
+}
+
+/// The reservations of one attempt, moved out of the limiters' extensions.
+#[derive(Debug, Clone, Default)]
+pub struct Reservations(pub Arc<Mutex<Vec<Reservation<GcraStore>>>>);
+
+impl Reservations {
+    fn take(&self) -> Vec<Reservation<GcraStore>> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+/// Moves a TPM limiter's reservation into [`Reservations`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CollectLayer;
+
+impl<S> Layer<S> for CollectLayer {
+    type Service = Collect<S>;
+    fn layer(&self, inner: S) -> Collect<S> {
+        Collect { inner }
+    }
+}
+
+/// See [`CollectLayer`].
+#[derive(Debug, Clone)]
+pub struct Collect<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for Collect<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = CollectFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        CollectFuture {
+            fut: Box::pin(self.inner.call(req)),
+        }
+    }
+}
+
+/// Future of [`Collect`].
+///
+/// # Cancellation
+///
+/// Holds only the inner future.
+#[allow(missing_debug_implementations)]
+pub struct CollectFuture<F> {
+    fut: Pin<Box<F>>,
+}
+
+impl<F, RB, E> Future for CollectFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut res = ready!(self.fut.as_mut().poll(cx))?;
+        if let Some(r) = res.extensions_mut().remove::<Reservation<GcraStore>>() {
+            let all = res.extensions_mut().get_or_insert_default::<Reservations>();
+            if let Ok(mut v) = all.0.lock() {
+                v.push(r);
+            }
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+/// Refunds or settles the reservations of each attempt's response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SettleLayer;
+
+impl<S> Layer<S> for SettleLayer {
+    type Service = Settle<S>;
+    fn layer(&self, inner: S) -> Settle<S> {
+        Settle { inner }
+    }
+}
+
+/// See [`SettleLayer`].
+#[derive(Debug, Clone)]
+pub struct Settle<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for Settle<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<SettleBody<RB>>;
+    type Error = S::Error;
+    type Future = SettleFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        SettleFuture {
+            fut: Box::pin(self.inner.call(req)),
+        }
+    }
+}
+
+/// Future of [`Settle`].
+///
+/// # Cancellation
+///
+/// Holds only the inner future.
+#[allow(missing_debug_implementations)]
+pub struct SettleFuture<F> {
+    fut: Pin<Box<F>>,
+}
+
+impl<F, RB, E> Future for SettleFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<SettleBody<RB>>, E>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut res = ready!(self.fut.as_mut().poll(cx))?;
+        let reservations = res
+            .extensions_mut()
+            .remove::<Reservations>()
+            .map(|r| r.take())
+            .unwrap_or_default();
+        if !res.status().is_success() {
+            for r in &reservations {
+                r.refund();
+            }
+            return Poll::Ready(Ok(res.map(|b| SettleBody::new(b, Vec::new(), Mode::None))));
+        }
+        let mode = if reservations.is_empty() {
+            Mode::None
+        } else if res
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+        {
+            Mode::Sse
+        } else {
+            Mode::Json
+        };
+        Poll::Ready(Ok(res.map(|b| SettleBody::new(b, reservations, mode))))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    None,
+    Json,
+    Sse,
+}
+
+/// The most of a JSON response kept to read its usage.
+const MAX_JSON: usize = 4 << 20;
+
+/// A response body passed through frame by frame, read on the side for
+/// `usage.total_tokens`.
+#[allow(missing_debug_implementations)]
+pub struct SettleBody<B> {
+    inner: B,
+    reservations: Vec<Reservation<GcraStore>>,
+    mode: Mode,
+    buf: BytesMut,
+}
+
+impl<B> SettleBody<B> {
+    fn new(inner: B, reservations: Vec<Reservation<GcraStore>>, mode: Mode) -> Self {
+        Self {
+            inner,
+            reservations,
+            mode,
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn settle(&mut self, total: u64) {
+        for r in self.reservations.drain(..) {
+            r.settle(total);
+        }
+        self.mode = Mode::None;
+        self.buf = BytesMut::new();
+    }
+
+    fn on_data(&mut self, data: &Bytes) {
+        match self.mode {
+            Mode::None => {}
+            Mode::Json => {
+                if self.buf.len() + data.len() > MAX_JSON {
+                    self.mode = Mode::None;
+                    self.buf = BytesMut::new();
+                } else {
+                    self.buf.extend_from_slice(data);
+                }
+            }
+            Mode::Sse => {
+                self.buf.extend_from_slice(data);
+                while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                    let line = self.buf.split_to(pos + 1);
+                    if let Some(total) = sse_usage(&line) {
+                        self.settle(total);
+                        return;
+                    }
+                }
+                if self.buf.len() > MAX_JSON {
+                    self.mode = Mode::None;
+                    self.buf = BytesMut::new();
+                }
+            }
+        }
+    }
+
+    fn on_end(&mut self) {
+        if self.mode == Mode::Json {
+            if let Some(total) = json_usage(&self.buf) {
+                self.settle(total);
+            }
+        }
+        self.mode = Mode::None;
+    }
+}
+
+/// `usage.total_tokens` of a JSON document.
+pub fn json_usage(body: &[u8]) -> Option<u64> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.get("usage")?.get("total_tokens")?.as_u64()
+}
+
+fn sse_usage(line: &[u8]) -> Option<u64> {
+    let line = std::str::from_utf8(line).ok()?.trim_end();
+    let data = line.strip_prefix("data:")?.trim_start();
+    if !data.contains("\"usage\"") {
+        return None;
+    }
+    json_usage(data.as_bytes())
+}
+
+impl<B> Body for SettleBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    this.on_data(d);
+                }
+                if this.inner.is_end_stream() {
+                    this.on_end();
+                }
+            }
+            None => this.on_end(),
+            Some(Err(_)) => this.mode = Mode::None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates() {
+        let m: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"max_tokens": 10, "max_completion_tokens": 20}"#).unwrap();
+        assert_eq!(estimate("/v1/chat/completions", 9, Some(&m), 1024), 3 + 20);
+        let m: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"max_tokens": 10}"#).unwrap();
+        assert_eq!(estimate("/v1/completions", 8, Some(&m), 1024), 2 + 10);
+        assert_eq!(estimate("/v1/chat/completions", 4, None, 1024), 1 + 1024);
+        assert_eq!(estimate("/v1/embeddings", 5, Some(&m), 1024), 2);
+        assert_eq!(estimate("/v1/models", 0, None, 1024), 0);
+    }
+
+    #[test]
+    fn usage_from_sse_line() {
+        assert_eq!(
+            sse_usage(b"data: {\"usage\":{\"total_tokens\":42}}\n"),
+            Some(42)
+        );
+        assert_eq!(sse_usage(b"data: [DONE]\n"), None);
+        assert_eq!(json_usage(br#"{"usage":{"total_tokens":7}}"#), Some(7));
+    }
+}

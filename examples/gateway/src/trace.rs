@@ -1,0 +1,392 @@
+//! One `request finished` log event per request, when its response body
+//! ends (or is dropped).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use backstop::{BoxError, ErrorKind, RequestId, classify};
+use backstop_core::http::StatusClass;
+use backstop_core::metrics::ErrorCounters;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tower::{Layer, Service};
+
+use crate::upstream::AttemptCounter;
+
+/// When the request head arrived (in the request extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadArrival(pub Instant);
+
+/// Logs `request finished` for each request, and ends open SSE streams
+/// with the SSE error event (type `timeout`) when `shutdown` fires.
+#[derive(Debug, Clone, Default)]
+pub struct TraceLayer {
+    shutdown: CancellationToken,
+}
+
+impl TraceLayer {
+    /// The layer; `shutdown` fires when the shutdown timeout is reached.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self { shutdown }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace {
+            inner,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// See [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    shutdown: CancellationToken,
+}
+
+/// What the log line needs.
+#[derive(Debug)]
+struct Info {
+    start: Instant,
+    request_id: Option<RequestId>,
+    method: http::Method,
+    path: Arc<str>,
+    attempts: AttemptCounter,
+    status: Option<StatusCode>,
+    logged: bool,
+}
+
+impl Info {
+    fn log(&mut self, outcome: &str) {
+        if self.logged {
+            return;
+        }
+        self.logged = true;
+        let duration_ms = Instant::now()
+            .saturating_duration_since(self.start)
+            .as_millis() as u64;
+        tracing::info!(
+            request_id = self.request_id.as_ref().map(RequestId::as_str),
+            method = %self.method,
+            path = &*self.path,
+            status = self.status.map(|s| s.as_u16()),
+            attempts = self.attempts.get(),
+            duration_ms,
+            outcome,
+            "request finished"
+        );
+    }
+}
+
+impl Drop for Info {
+    fn drop(&mut self) {
+        self.log("cancelled");
+    }
+}
+
+/// The outcome of a finished response, from its status.
+fn outcome(status: StatusCode, headers: &http::HeaderMap) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "success",
+        401 => "unauthorized",
+        400 | 404 | 405 | 413 => "invalid_request",
+        429 | 503
+            if headers.contains_key("retry-after-ms")
+                && !headers.contains_key("x-should-retry") =>
+        {
+            "overloaded"
+        }
+        502 => "upstream_failure",
+        504 => "timeout",
+        500 => "internal",
+        _ => "upstream_status",
+    }
+}
+
+impl<S, B> Service<Request<B>> for Trace<S>
+where
+    S: Service<Request<B>, Response = Response<axum::body::Body>>,
+{
+    type Response = Response<TraceBody<axum::body::Body>>;
+    type Error = S::Error;
+    type Future = TraceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let attempts = AttemptCounter::default();
+        req.extensions_mut().insert(HeadArrival(start));
+        req.extensions_mut().insert(attempts.clone());
+        let info = Info {
+            start,
+            request_id: req.extensions().get::<RequestId>().cloned(),
+            method: req.method().clone(),
+            path: Arc::from(req.uri().path()),
+            attempts,
+            status: None,
+            logged: false,
+        };
+        // A panic in the handler becomes a 500 with the request id, logged.
+        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req)))
+            .ok()
+            .map(Box::pin);
+        TraceFuture {
+            fut,
+            info: Some(info),
+            shutdown: Some(self.shutdown.clone()),
+        }
+    }
+}
+
+/// Future of [`Trace`].
+///
+/// # Cancellation
+///
+/// Dropped before the head: logs outcome `cancelled`.
+#[allow(missing_debug_implementations)]
+pub struct TraceFuture<F> {
+    /// `None` once the inner service panicked.
+    fut: Option<Pin<Box<F>>>,
+    info: Option<Info>,
+    shutdown: Option<CancellationToken>,
+}
+
+impl<F, E> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response<axum::body::Body>, E>>,
+{
+    type Output = Result<Response<TraceBody<axum::body::Body>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let polled = match self.fut.as_mut() {
+            Some(fut) => std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))).ok(),
+            None => None,
+        };
+        let res = match polled {
+            Some(Poll::Pending) => return Poll::Pending,
+            Some(Poll::Ready(res)) => res,
+            None => {
+                self.fut = None;
+                let id = self.info.as_ref().and_then(|i| i.request_id.clone());
+                tracing::error!(
+                    request_id = id.as_ref().map(RequestId::as_str),
+                    "bug: the handler panicked"
+                );
+                Ok(backstop_core::http::json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorKind::Internal,
+                    "internal error",
+                    id.as_ref(),
+                )
+                .map(axum::body::Body::from))
+            }
+        };
+        let mut info = self.info.take();
+        let shutdown = self.shutdown.take();
+        Poll::Ready(res.map(|res| {
+            let outcome = outcome(res.status(), res.headers());
+            if let Some(i) = info.as_mut() {
+                i.status = Some(res.status());
+            }
+            let sse = res.status().is_success()
+                && res
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+            if res.body().is_end_stream() {
+                if let Some(mut i) = info.take() {
+                    i.log(outcome);
+                }
+            }
+            let shutdown = if sse {
+                shutdown.map(|t| Box::pin(t.cancelled_owned()))
+            } else {
+                None
+            };
+            res.map(|inner| TraceBody {
+                inner,
+                info,
+                outcome,
+                shutdown,
+                ended: false,
+            })
+        }))
+    }
+}
+
+/// The response body: logs when it ends, fails or is dropped.
+#[allow(missing_debug_implementations)]
+pub struct TraceBody<B> {
+    inner: B,
+    info: Option<Info>,
+    outcome: &'static str,
+    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    ended: bool,
+}
+
+impl<B> Body for TraceBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(s) = this.shutdown.as_mut() {
+            if s.as_mut().poll(cx).is_ready() {
+                // The shutdown timeout: end the stream with the error event.
+                this.ended = true;
+                this.shutdown = None;
+                let id = this.info.as_ref().and_then(|i| i.request_id.clone());
+                let body = backstop_core::http::error_body(
+                    backstop::ErrorKind::Timeout,
+                    "the gateway is shutting down",
+                    id.as_ref(),
+                );
+                let mut event = Vec::with_capacity(body.len() + 22);
+                event.extend_from_slice(b"event: error\ndata: ");
+                event.extend_from_slice(&body);
+                event.extend_from_slice(b"\n\n");
+                if let Some(mut i) = this.info.take() {
+                    i.log("shutdown");
+                }
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
+            }
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(mut i) = this.info.take() {
+                    i.log(this.outcome);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(mut i) = this.info.take() {
+                    i.log("stream_error");
+                }
+            }
+            Some(Ok(_)) => {
+                if this.inner.is_end_stream() {
+                    if let Some(mut i) = this.info.take() {
+                        i.log(this.outcome);
+                    }
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts each request the HTTP mapping outside will answer with a
+/// generated error (`llm_errors_total{kind}`): placed right inside
+/// `ErrorResponseLayer`, it sees the errors and the upstream statuses the
+/// mapping turns into 502.
+#[derive(Debug, Clone)]
+pub struct CountErrorsLayer {
+    errors: ErrorCounters,
+}
+
+impl CountErrorsLayer {
+    /// Counts into `errors`.
+    pub fn new(errors: ErrorCounters) -> Self {
+        Self { errors }
+    }
+}
+
+impl<S> Layer<S> for CountErrorsLayer {
+    type Service = CountErrors<S>;
+    fn layer(&self, inner: S) -> CountErrors<S> {
+        CountErrors {
+            inner,
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+/// See [`CountErrorsLayer`].
+#[derive(Debug, Clone)]
+pub struct CountErrors<S> {
+    inner: S,
+    errors: ErrorCounters,
+}
+
+impl<S, B, RB> Service<Request<B>> for CountErrors<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = CountErrorsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        CountErrorsFuture {
+            fut: Box::pin(self.inner.call(req)),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+/// Future of [`CountErrors`].
+///
+/// # Cancellation
+///
+/// Holds only the inner future; a dropped request counts nothing.
+#[allow(missing_debug_implementations)]
+pub struct CountErrorsFuture<F> {
+    fut: Pin<Box<F>>,
+    errors: ErrorCounters,
+}
+
+impl<F, RB, E> Future for CountErrorsFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let out = ready!(self.fut.as_mut().poll(cx)).map_err(Into::into);
+        match &out {
+            Err(e) => self.errors.record(classify(&**e)),
+            Ok(res) if StatusClass::of(res.status()) == StatusClass::ServerError => {
+                self.errors.record(ErrorKind::UpstreamFailure);
+            }
+            Ok(_) => {}
+        }
+        Poll::Ready(out)
+    }
+}

@@ -1,0 +1,260 @@
+//! The upstream side: the pooled hyper client, and [`ForwardLayer`], the
+//! innermost layer that applies the wire rules to each attempt.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use backstop::BoxError;
+use backstop::Context;
+use backstop_core::http::header::X_REQUEST_TIMEOUT_MS;
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+
+/// The upstream service the stack ends in: the hyper client, or a test
+/// double.
+pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// Attempts that reached the upstream for one request (shared by the
+/// request's retries through the extensions).
+#[derive(Debug, Clone, Default)]
+pub struct AttemptCounter(pub Arc<AtomicU32>);
+
+impl AttemptCounter {
+    /// Attempts so far.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The pooled client: `http://` and `https://` (rustls, ALPN h2 and
+/// http/1.1), connect and idle-pool timeouts from the configuration.
+pub fn hyper_upstream(connect_timeout: Duration, pool_idle_timeout: Duration) -> Upstream {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(https);
+    let svc = tower::service_fn(move |req: Request<Body>| {
+        let fut = client.request(req);
+        async move {
+            let mut res = fut.await.map_err(BoxError::from)?;
+            // Framing is hyper's business on each side; the rest passes back.
+            strip_hop_by_hop(res.headers_mut());
+            Ok::<_, BoxError>(res.map(Body::new))
+        }
+    });
+    BoxCloneSyncService::new(svc)
+}
+
+/// Applies the request wire rules of CONFIG.md to each attempt and converts
+/// the body for the [`Upstream`].
+#[derive(Clone, Debug)]
+pub struct ForwardLayer {
+    base: Arc<str>,
+    api_key: Option<HeaderValue>,
+    forward_client_auth: bool,
+}
+
+impl ForwardLayer {
+    /// `base`: the upstream URL (no trailing `/`); `api_key`: the upstream
+    /// key; `forward_client_auth`: no upstream key and no `[[clients]]`.
+    pub fn new(
+        base: &str,
+        api_key: Option<&str>,
+        forward_client_auth: bool,
+    ) -> Result<Self, String> {
+        let api_key = match api_key {
+            None => None,
+            Some(k) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {k}"))
+                    .map_err(|_| "the upstream key is not a valid header value".to_owned())?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        Ok(Self {
+            base: Arc::from(base.trim_end_matches('/')),
+            api_key,
+            forward_client_auth,
+        })
+    }
+
+    /// The upstream URI for a path and query, without doubling `/v1`.
+    pub fn join(&self, path_and_query: &str) -> String {
+        let base = &*self.base;
+        if base.ends_with("/v1") && (path_and_query.starts_with("/v1/") || path_and_query == "/v1")
+        {
+            format!("{}{}", &base[..base.len() - 3], path_and_query)
+        } else {
+            format!("{base}{path_and_query}")
+        }
+    }
+}
+
+impl<S> Layer<S> for ForwardLayer {
+    type Service = Forward<S>;
+    fn layer(&self, inner: S) -> Forward<S> {
+        Forward {
+            inner,
+            cfg: self.clone(),
+        }
+    }
+}
+
+/// See [`ForwardLayer`].
+#[derive(Clone, Debug)]
+pub struct Forward<S> {
+    inner: S,
+    cfg: ForwardLayer,
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers (and those named in `Connection`) and `Host`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+    headers.remove(header::UPGRADE);
+    headers.remove(header::HOST);
+}
+
+impl<S, B> Service<Request<B>> for Forward<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> S::Future {
+        let (mut parts, body) = req.into_parts();
+        if let Some(c) = parts.extensions.get::<AttemptCounter>() {
+            c.0.fetch_add(1, Ordering::Relaxed);
+        }
+        let h = &mut parts.headers;
+        strip_hop_by_hop(h);
+        match &self.cfg.api_key {
+            Some(k) => {
+                h.insert(header::AUTHORIZATION, k.clone());
+            }
+            None if self.cfg.forward_client_auth => {}
+            None => {
+                h.remove(header::AUTHORIZATION);
+            }
+        }
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        // Milliseconds to this attempt's deadline, now, rounded down, >= 1.
+        match Context::current().deadline() {
+            Some(at) => {
+                let ms = at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .max(1);
+                h.insert(
+                    X_REQUEST_TIMEOUT_MS,
+                    HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)),
+                );
+            }
+            None => {
+                h.remove(X_REQUEST_TIMEOUT_MS);
+            }
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        if let Ok(uri) = self.cfg.join(pq).parse::<Uri>() {
+            parts.uri = uri;
+        }
+        parts.version = http::Version::HTTP_11;
+        let body = Body::new(body.map_err(Into::<BoxError>::into));
+        self.inner.call(Request::from_parts(parts, body))
+    }
+}
+
+/// An upstream that always fails: used when no upstream can be built.
+pub fn failing_upstream(message: &'static str) -> Upstream {
+    BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| async move {
+        Err::<Response<Body>, BoxError>(message.into())
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_never_doubles_v1() {
+        let f = ForwardLayer::new("https://api.example.com/v1", None, false).unwrap();
+        assert_eq!(
+            f.join("/v1/chat/completions"),
+            "https://api.example.com/v1/chat/completions"
+        );
+        let f = ForwardLayer::new("http://h:1/proxy/", None, false).unwrap();
+        assert_eq!(f.join("/v1/models?x=1"), "http://h:1/proxy/v1/models?x=1");
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-foo, keep-alive"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("x-bar", HeaderValue::from_static("2"));
+        h.insert(header::HOST, HeaderValue::from_static("me"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-bar"));
+    }
+}
