@@ -142,8 +142,6 @@ mod obs;
 mod service;
 
 #[cfg(all(test, feature = "metrics"))]
-mod metrics_support;
-#[cfg(all(test, feature = "metrics"))]
 mod metrics_tests;
 
 pub use crate::layer::{

@@ -9,7 +9,7 @@ use tower::{Layer, Service};
 use tower_test::{assert_request_eq, mock};
 
 use crate::QueueAdmissionLayer;
-use crate::metrics_support::recorded;
+use backstop_test_util::metrics::recorded;
 
 fn layer(max_waiting: usize) -> QueueAdmissionLayer {
     QueueAdmissionLayer::builder()

@@ -196,8 +196,6 @@ pub use crate::http::{HttpAttemptTimeout, HttpAttemptTimeoutLayer};
 #[cfg(all(test, feature = "http"))]
 mod http_tests;
 #[cfg(all(test, feature = "metrics"))]
-mod metrics_support;
-#[cfg(all(test, feature = "metrics"))]
 mod metrics_tests;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use tokio_test::{assert_pending, task};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use crate::AttemptTimeoutLayer;
-use crate::metrics_support::{Recorded, recorded};
+use backstop_test_util::metrics::{Recorded, recorded};
 
 fn calls(r: &Recorded, outcome: &str) -> u64 {
     r.counter(m::CALLS_TOTAL, &[(m::OUTCOME, outcome)])

@@ -8,7 +8,7 @@ use tower::{Layer, Service};
 use tower_test::{assert_request_eq, mock};
 
 use crate::ConcurrencyLimitLayer;
-use crate::metrics_support::recorded;
+use backstop_test_util::metrics::recorded;
 
 #[test]
 fn one_sample_per_permit_zero_waits_included_and_gauge_follows_permits() {

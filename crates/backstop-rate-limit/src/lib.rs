@@ -241,8 +241,6 @@ pub use crate::service::RateLimit;
 pub use crate::store::{Decision, RateStore, Receipt, StoreError, StoreErrorPolicy};
 
 #[cfg(all(test, feature = "metrics"))]
-mod metrics_support;
-#[cfg(all(test, feature = "metrics"))]
 mod metrics_tests;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 
 use crate::RateLimitLayer;
-use crate::metrics_support::recorded;
+use backstop_test_util::metrics::recorded;
 
 fn ok_svc() -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone {
     service_fn(|n: u32| async move { Ok::<_, BoxError>(n) })

@@ -8,7 +8,7 @@ use backstop_core::{BoxError, SlaExpired};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use crate::RetryLayer;
-use crate::metrics_support::recorded;
+use backstop_test_util::metrics::recorded;
 
 type Outcome = Result<&'static str, BoxError>;
 

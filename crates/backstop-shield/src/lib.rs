@@ -231,8 +231,6 @@ mod obs;
 mod service;
 
 #[cfg(all(test, feature = "metrics"))]
-mod metrics_support;
-#[cfg(all(test, feature = "metrics"))]
 mod metrics_tests;
 
 pub use crate::guard::{HookStats, HookTracker};

@@ -5,8 +5,8 @@ use backstop_core::metrics::{self as m, hook};
 use tokio::time::{Duration, sleep};
 use tower::{Layer, ServiceExt, service_fn};
 
-use crate::metrics_support::{Recorded, recorded};
 use crate::{HookStats, ShieldedOnCancelLayer, hook_fn, sync_hook};
+use backstop_test_util::metrics::{Recorded, recorded};
 
 fn hooks(r: &Recorded) -> [u64; 4] {
     hook::ALL.map(|value| r.counter(m::HOOKS_TOTAL, &[(m::HOOK, value)]))

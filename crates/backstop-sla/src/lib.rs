@@ -121,8 +121,6 @@ pub use crate::service::SlaTimeout;
 pub use backstop_core::{BoxError, SlaExpired};
 
 #[cfg(all(test, feature = "metrics"))]
-mod metrics_support;
-#[cfg(all(test, feature = "metrics"))]
 mod metrics_tests;
 #[cfg(test)]
 mod tests;

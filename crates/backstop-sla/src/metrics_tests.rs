@@ -9,7 +9,7 @@ use tokio_test::{assert_pending, task};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use crate::SlaTimeoutLayer;
-use crate::metrics_support::recorded;
+use backstop_test_util::metrics::recorded;
 
 fn layer(secs: u64) -> SlaTimeoutLayer {
     SlaTimeoutLayer::new(Duration::from_secs(secs)).unwrap()

@@ -8,9 +8,13 @@
 //! - [`MockUpstream`]: a scripted HTTP upstream that counts attempts and
 //!   in-flight calls and notices cancellation.
 //! - [`body_channel`]: a response body fed frame by frame from the test.
+//! - [`metrics::recorded`]: a scenario under a local metrics recorder, on
+//!   paused time, with exact counts read back.
 //! - [`poll_n_then_drop`]: drive a future a given number of polls, then drop
 //!   it, to test cancellation at each await point.
 #![allow(clippy::missing_panics_doc)]
+
+pub mod metrics;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

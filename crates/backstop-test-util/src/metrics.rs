@@ -1,7 +1,5 @@
-//! Test support: run a scenario on a paused current-thread runtime under a
-//! local `DebuggingRecorder`, then read exact counts.
-// The same file in every layer crate; not every crate reads every kind.
-#![allow(dead_code)]
+//! Metrics test support: run a scenario on a paused current-thread runtime
+//! under a local `DebuggingRecorder`, then read exact counts.
 
 use std::future::Future;
 
@@ -9,11 +7,12 @@ use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 /// What the recorder saw.
-pub(crate) struct Recorded(Vec<(CompositeKey, DebugValue)>);
+#[derive(Debug)]
+pub struct Recorded(Vec<(CompositeKey, DebugValue)>);
 
 /// Builds a paused runtime inside `metrics::with_local_recorder`, so every
 /// layer built in `scenario` resolves its handles on the debugging recorder.
-pub(crate) fn recorded<F: Future>(scenario: impl FnOnce() -> F) -> (F::Output, Recorded) {
+pub fn recorded<F: Future>(scenario: impl FnOnce() -> F) -> (F::Output, Recorded) {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let out = metrics::with_local_recorder(&recorder, || {
@@ -46,7 +45,7 @@ impl Recorded {
     }
 
     /// A counter's value (0 when never registered).
-    pub(crate) fn counter(&self, suffix: &str, labels: &[(&str, &str)]) -> u64 {
+    pub fn counter(&self, suffix: &str, labels: &[(&str, &str)]) -> u64 {
         match self.find(suffix, labels) {
             Some(DebugValue::Counter(n)) => *n,
             None => 0,
@@ -55,7 +54,7 @@ impl Recorded {
     }
 
     /// A histogram's samples (none when never registered).
-    pub(crate) fn samples(&self, suffix: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    pub fn samples(&self, suffix: &str, labels: &[(&str, &str)]) -> Vec<f64> {
         match self.find(suffix, labels) {
             Some(DebugValue::Histogram(v)) => v.iter().map(|f| f.0).collect(),
             None => Vec::new(),
@@ -64,7 +63,7 @@ impl Recorded {
     }
 
     /// A gauge's value, if registered.
-    pub(crate) fn gauge(&self, suffix: &str) -> Option<f64> {
+    pub fn gauge(&self, suffix: &str) -> Option<f64> {
         match self.find(suffix, &[]) {
             Some(DebugValue::Gauge(v)) => Some(v.0),
             None => None,
