@@ -268,8 +268,10 @@ where
                         }
                         Err(err) => {
                             let err: BoxError = err.into();
-                            if find::<Overloaded>(&*err).is_some() {
-                                // The upstream turned it away: give it back.
+                            let refund = this.attach.as_ref().is_some_and(Attach::refund_on_error);
+                            if refund || find::<Overloaded>(&*err).is_some() {
+                                // The upstream turned it away, or no response
+                                // will ever settle it: give it back.
                                 if let Some(parts) = this.spent.take() {
                                     parts.cancel();
                                 }

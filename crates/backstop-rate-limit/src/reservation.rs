@@ -124,6 +124,16 @@ pub trait Attach<Resp, St: RateStore> {
     /// reservation; `make` builds the [`Reservation`] (one allocation), so an
     /// implementation that discards it should not call it.
     fn attach(&self, response: &mut Resp, make: impl FnOnce() -> Reservation<St>);
+
+    /// Whether an error from the inner service gives the reservation back.
+    ///
+    /// `false` by default: once the inner service was called the cost is
+    /// spent. [`InExtensions`] answers `true`: a limiter that settles from the
+    /// response's usage refunds in full when no response arrives at all (a
+    /// connect error, an attempt timeout), as it would for a non-2xx.
+    fn refund_on_error(&self) -> bool {
+        false
+    }
 }
 
 /// Discards reservations: the reserved cost stands (the default).
@@ -163,5 +173,9 @@ pub struct InExtensions;
 impl<B, St: RateStore> Attach<http::Response<B>, St> for InExtensions {
     fn attach(&self, response: &mut http::Response<B>, make: impl FnOnce() -> Reservation<St>) {
         response.extensions_mut().insert(make());
+    }
+
+    fn refund_on_error(&self) -> bool {
+        true
     }
 }

@@ -812,6 +812,34 @@ async fn reservation_rides_in_the_response_extensions() {
     assert_eq!(svc.store().wait_for(1), Duration::ZERO);
 }
 
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn settled_reservations_are_refunded_when_no_response_arrives() {
+    let inner = service_fn(|_r: http::Request<()>| {
+        ready(Err::<http::Response<()>, BoxError>("connect error".into()))
+    });
+    let mut svc = RateLimitLayer::per_second(10)
+        .burst(1)
+        .build()
+        .unwrap()
+        .reservation_in_extensions()
+        .layer(inner);
+    assert!(svc.call(http::Request::new(())).await.is_err());
+    assert_eq!(svc.store().wait_for(1), Duration::ZERO, "refunded in full");
+
+    // Without settle-from-usage the cost stays spent, as before.
+    let inner = service_fn(|_r: http::Request<()>| {
+        ready(Err::<http::Response<()>, BoxError>("connect error".into()))
+    });
+    let mut svc = RateLimitLayer::per_second(10)
+        .burst(1)
+        .build()
+        .unwrap()
+        .layer(inner);
+    assert!(svc.call(http::Request::new(())).await.is_err());
+    assert_eq!(svc.store().wait_for(1), 100 * MS);
+}
+
 // === Store errors ===
 
 #[derive(Debug, Default)]

@@ -577,6 +577,28 @@ async fn tokens_refunded_without_2xx_and_over_burst_is_400() {
     assert_eq!(mock.calls(), 3);
 }
 
+/// No response at all (a connect error) is "no 2xx" too: refunded in full,
+/// so the next request is not refused for tokens it never used.
+#[tokio::test(start_paused = true)]
+async fn tokens_refunded_when_the_upstream_never_answers() {
+    let mock = MockUpstream::new();
+    mock.fallback(Step::Fail {
+        delay: Duration::from_millis(1),
+    });
+    let app = gateway(
+        &config(
+            "[rate_limit]\ntokens_per_minute = 1000\n[admission]\nqueue_timeout = \"0s\"\n[retry]\nmax_attempts = 1",
+        ),
+        mock_upstream(&mock),
+    );
+    let body = r#"{"model":"m","max_tokens":900}"#;
+    for _ in 0..3 {
+        let (s, h, b) = send(&app.router, chat(body)).await;
+        assert_generated(s, &h, &b, StatusCode::BAD_GATEWAY, "upstream_failure");
+    }
+    assert_eq!(mock.calls(), 3, "no request was refused for tokens");
+}
+
 #[tokio::test(start_paused = true)]
 async fn tokens_settled_from_the_final_sse_chunk() {
     let (tx, body) = body_channel();
