@@ -14,6 +14,7 @@ pub mod tokens;
 pub mod trace;
 pub mod upstream;
 pub mod vendor;
+pub mod watchdog;
 
 pub use app::{App, AppOptions, Handles, app, build};
 pub use config::{Config, ConfigError};

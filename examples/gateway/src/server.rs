@@ -16,6 +16,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::watchdog::{Watchdog, WatchedBody};
+
+/// The router, with each response body watched by the connection's
+/// [`Watchdog`] (deadline: arrival + `budget`).
+fn watched_router(
+    router: axum::Router,
+    dog: Arc<Watchdog>,
+    budget: Duration,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let watch = dog.watch(Instant::now() + budget);
+        let fut = tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new));
+        async move {
+            let res = fut.await?;
+            Ok(res.map(|body| axum::body::Body::new(WatchedBody::new(body, watch))))
+        }
+    })
+}
 
 /// How long cut streams get to write their last event after the shutdown
 /// timeout.
@@ -47,6 +72,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
     let handles = app.handles.clone();
     let router = app.router;
+    let stream_budget = config.sla_timeout + config.attempt.max_stream_duration;
 
     tokio::pin!(signal);
     let mut stop_at: Option<Instant> = None;
@@ -90,14 +116,26 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
+        // Every response on this connection must be written by arrival +
+        // SLA + maximum stream duration, even if the client stops reading.
+        let dog = Watchdog::new();
+        let watched = watched_router(router.clone(), Arc::clone(&dog), stream_budget);
+        let svc = TowerToHyperService::new(watched);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = dog.expired() => {
+                    // Dropping the connection future closes the socket.
+                    tracing::warn!("response past its maximum stream duration: connection cut");
+                }
             }
             drop(permit);
         });

@@ -1,0 +1,244 @@
+//! The maximum stream duration for clients that stop reading.
+//!
+//! `HttpAttemptTimeout`'s body enforces `attempt.max_stream_duration`, but
+//! only while it is polled; a client that stops reading stops hyper's polls
+//! (backpressure), and the stream would stay open for ever. DESIGN asks for a
+//! timer outside the body that drops the connection: each connection has a
+//! [`Watchdog`], every response body on it holds a [`Watch`] with a deadline
+//! of request arrival + `sla.timeout` + `attempt.max_stream_duration` (an
+//! attempt starts before the SLA deadline, so this never cuts a stream the
+//! body's own bound would allow), and the connection task drops the
+//! connection when the earliest live deadline passes.
+//!
+//! With HTTP/2 one late stream cuts the whole connection, its other streams
+//! included; the body's own bound, which fires first whenever the client
+//! reads, keeps that to clients that have stopped reading.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Deadlines of the response bodies alive on one connection.
+#[derive(Debug, Default)]
+pub struct Watchdog {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    live: BTreeSet<(Instant, u64)>,
+}
+
+impl Watchdog {
+    /// A watchdog with nothing to watch.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Watches a response that must be finished by `deadline`; dropping the
+    /// [`Watch`] stops watching it.
+    pub fn watch(self: &Arc<Self>, deadline: Instant) -> Watch {
+        let key = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = (deadline, state.next_id);
+            state.next_id += 1;
+            state.live.insert(key);
+            key
+        };
+        self.changed.notify_waiters();
+        Watch {
+            dog: Arc::clone(self),
+            key,
+        }
+    }
+
+    /// How many responses are watched now.
+    pub fn watched(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .live
+            .len()
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .live
+            .first()
+            .map(|(at, _)| *at)
+    }
+
+    /// Resolves once a watched response is still alive at its deadline.
+    pub async fn expired(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before reading the state, so no change is missed.
+            changed.as_mut().enable();
+            match self.earliest() {
+                Some(at) if at <= Instant::now() => return,
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = &mut changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// One watched response; dropping it (the body ended or was dropped) stops
+/// the watch.
+#[derive(Debug)]
+pub struct Watch {
+    dog: Arc<Watchdog>,
+    key: (Instant, u64),
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut state = self
+            .dog
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.live.remove(&self.key);
+    }
+}
+
+pin_project! {
+    /// A response body that holds a [`Watch`] until it ends.
+    pub struct WatchedBody<B> {
+        #[pin]
+        inner: B,
+        watch: Option<Watch>,
+    }
+}
+
+impl<B> WatchedBody<B> {
+    /// Wraps `inner`, watched by `watch` until it ends or is dropped.
+    pub fn new(inner: B, watch: Watch) -> Self {
+        Self {
+            inner,
+            watch: Some(watch),
+        }
+    }
+}
+
+impl<B> Body for WatchedBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll_frame(cx));
+        match &out {
+            Some(Ok(_)) => {}
+            // Ended or failed: nothing more will be written.
+            None | Some(Err(_)) => *this.watch = None,
+        }
+        Poll::Ready(out)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    use super::*;
+
+    struct ChanBody(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Body for ChanBody {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_nobody_reads_trips_at_its_deadline() {
+        let dog = Watchdog::new();
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        // Never polled: the client stopped reading.
+        let _body = WatchedBody::new(ChanBody(rx), dog.watch(start + Duration::from_secs(5)));
+        let mut expired = task::spawn(dog.expired());
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_ready!(expired.poll());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_and_dropped_bodies_stop_the_watch() {
+        let dog = Watchdog::new();
+        let start = Instant::now();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut body = WatchedBody::new(ChanBody(rx), dog.watch(start + Duration::from_secs(5)));
+        let dropped = WatchedBody::new(
+            http_body_util::Empty::<Bytes>::new(),
+            dog.watch(start + Duration::from_secs(1)),
+        );
+        let mut expired = task::spawn(dog.expired());
+        assert_pending!(expired.poll());
+        assert_eq!(dog.watched(), 2);
+        drop(dropped);
+        assert_eq!(dog.watched(), 1, "a dropped body stops its watch");
+        tx.send(Bytes::from_static(b"data: 1\n\n")).unwrap();
+        drop(tx);
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&frame[..], b"data: 1\n\n");
+        assert_eq!(dog.watched(), 1, "still streaming");
+        assert!(body.frame().await.is_none());
+        assert_eq!(dog.watched(), 0, "the body ended: nothing left to watch");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_pending!(expired.poll(), "nothing alive, nothing to cut");
+        // A later response is watched afresh, and a new earlier deadline
+        // wakes the waiting watchdog.
+        let _late = dog.watch(Instant::now() + Duration::from_secs(1));
+        assert!(expired.is_woken());
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_ready!(expired.poll());
+    }
+}
