@@ -4,8 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use backstop_core::{BoxError, Context, OverloadReason, Overloaded, WaitBound};
-use tokio::time::Instant;
+use backstop_core::{BoxError, Context, OverloadReason, Overloaded, WaitBound, clock};
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
@@ -87,7 +86,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.shared;
-        let now = Instant::now();
+        let now = clock::now();
         let ctx = Context::current();
         let max_wait_at = now + shared.max_wait;
         let (deadline, bound) = match ctx.sla_deadline() {
@@ -102,8 +101,8 @@ where
             let err = Overloaded::new(OverloadReason::QueueFull, shared.retry_after);
             return ResponseFuture::rejected(err.into());
         };
-        let ctx = ctx.with_admission(ticket.clone());
-        let fut = ctx.clone().sync_scope(|| self.inner.call(req));
+        let mut ctx = ctx.with_admission(ticket.clone());
+        let fut = ctx.sync_scope_in_place(|| self.inner.call(req));
         // Our own hold ends here: from now on the limiters inside (if any)
         // keep the slot, and the last of them to admit the request frees it.
         drop(hold);

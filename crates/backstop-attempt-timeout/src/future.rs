@@ -6,9 +6,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
 
+use backstop_core::clock::LazySleep;
 use backstop_core::{AttemptTimedOut, BoxError, Scoped, SlaExpired};
 use pin_project_lite::pin_project;
-use tokio::time::{Duration, Sleep, sleep_until};
+use tokio::time::Duration;
 
 use crate::obs::{Outcome, Recording};
 use crate::service::Bound;
@@ -25,7 +26,7 @@ pin_project! {
     /// # Cancellation
     ///
     /// Holds the inner future (inside the request's context scope) and one
-    /// timer, nothing else. Dropping it at any point drops the inner future,
+    /// timer (created only if the inner future is pending), nothing else. Dropping it at any point drops the inner future,
     /// within the context scope, and deregisters the timer; a future that
     /// failed at once (SLA already passed) holds nothing. With the `metrics`
     /// feature, a drop before the attempt ended counts it as `cancelled`.
@@ -42,7 +43,7 @@ pin_project! {
             #[pin]
             inner: Scoped<F>,
             #[pin]
-            sleep: Sleep,
+            sleep: LazySleep,
             by_sla: bool,
             timeout: Duration,
             recording: Recording,
@@ -61,7 +62,7 @@ impl<F> ResponseFuture<F> {
         Self {
             state: State::Running {
                 inner,
-                sleep: sleep_until(armed.at),
+                sleep: LazySleep::new(armed.at),
                 by_sla: armed.by_sla,
                 timeout,
                 recording,

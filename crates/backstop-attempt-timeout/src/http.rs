@@ -225,13 +225,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let Some(start) = Start::now(self.timeouts.attempt) else {
+        let Some(mut start) = Start::now(self.timeouts.attempt) else {
             return HttpResponseFuture {
                 state: State::Expired,
             };
         };
         let recording = start.recording(&self.metrics);
-        let fut = start.ctx.clone().sync_scope(|| self.inner.call(req));
+        let fut = start.ctx.sync_scope_in_place(|| self.inner.call(req));
         let t = self.timeouts;
         // `first_byte` is at most 24 h: no overflow.
         let first_byte = Bound::new(start.now + t.first_byte, start.sla);

@@ -3,7 +3,7 @@
 
 use std::task::{Context as TaskContext, Poll};
 
-use backstop_core::{BoxError, Context};
+use backstop_core::{BoxError, Context, clock};
 use tokio::time::{Duration, Instant};
 use tower_service::Service;
 
@@ -72,11 +72,11 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let Some(start) = Start::now(self.timeout) else {
+        let Some(mut start) = Start::now(self.timeout) else {
             return ResponseFuture::expired();
         };
         let recording = start.recording(&self.metrics);
-        let fut = start.ctx.clone().sync_scope(|| self.inner.call(req));
+        let fut = start.ctx.sync_scope_in_place(|| self.inner.call(req));
         ResponseFuture::new(start.ctx.scope(fut), start.armed, self.timeout, recording)
     }
 }
@@ -129,7 +129,7 @@ impl Start {
     /// that: `timeout` is above zero): fail with the SLA error without
     /// calling the inner service.
     pub(crate) fn now(timeout: Duration) -> Option<Self> {
-        let now = Instant::now();
+        let now = clock::now();
         let outer = Context::current();
         let sla = outer.sla_deadline();
         // `timeout` is at most 24 h (checked at construction): no overflow.

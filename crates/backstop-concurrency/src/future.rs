@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
-use backstop_core::{BoxError, Context, Scoped, TicketHold, WaitDeadline};
+use backstop_core::{BoxError, Context, Rescoped, TicketHold, WaitDeadline};
 use pin_project_lite::pin_project;
 use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -75,7 +75,7 @@ pin_project! {
     {
         Scoped {
             #[pin]
-            future: Scoped<Admit<S, Req>>,
+            future: Rescoped<Admit<S, Req>>,
         },
         Bare {
             #[pin]
@@ -157,7 +157,7 @@ where
         };
         let inner = match ctx {
             Some(ctx) => Inner::Scoped {
-                future: ctx.scope(admit),
+                future: ctx.rescope_future(admit),
             },
             None => Inner::Bare { future: admit },
         };

@@ -95,6 +95,13 @@ pub struct AdmissionTicket {
     inner: Arc<TicketInner>,
 }
 
+impl AdmissionTicket {
+    /// Whether both are the same ticket (not merely equal deadlines).
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
 struct TicketInner {
     deadline: WaitDeadline,
     holders: AtomicUsize,

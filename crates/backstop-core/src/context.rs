@@ -6,14 +6,92 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use std::cell::RefCell;
+
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Duration, Instant};
 
 use crate::admission::{AdmissionTicket, WaitBound, WaitDeadline};
 
-tokio::task_local! {
-    static CURRENT: Context;
+// The current context: a thread-local slot that scopes swap a context into
+// for the length of a synchronous call or of one poll, and swap back out
+// (what `tokio::task_local!` does, with a swap that also works from `&mut`, so
+// publishing needs no extra clone). Never borrowed across user code.
+thread_local! {
+    static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// Swaps `slot` into the current-context slot; swaps it back on drop (also on
+/// unwind). Does nothing when the thread's locals are gone.
+struct Swap<'a> {
+    slot: &'a mut Option<Context>,
+    swapped: bool,
+}
+
+impl<'a> Swap<'a> {
+    fn enter(slot: &'a mut Option<Context>) -> Self {
+        let swapped = swap(slot);
+        Self { slot, swapped }
+    }
+}
+
+impl Drop for Swap<'_> {
+    fn drop(&mut self) {
+        if self.swapped {
+            swap(self.slot);
+        }
+    }
+}
+
+/// Moves a borrowed context into the current-context slot; moves it back
+/// (and the outer one back in) on drop, also on unwind.
+struct InPlace<'a> {
+    ctx: &'a mut Context,
+    /// The outer context while ours is current.
+    outer: Option<Context>,
+    swapped: bool,
+}
+
+impl<'a> InPlace<'a> {
+    fn enter(ctx: &'a mut Context) -> Self {
+        let mut slot = Some(std::mem::take(ctx));
+        let swapped = swap(&mut slot);
+        if !swapped {
+            // The thread's locals are gone: nothing moved, give it back.
+            if let Some(own) = slot.take() {
+                *ctx = own;
+            }
+        }
+        Self {
+            ctx,
+            outer: slot,
+            swapped,
+        }
+    }
+}
+
+impl Drop for InPlace<'_> {
+    fn drop(&mut self) {
+        if self.swapped {
+            let mut slot = self.outer.take();
+            swap(&mut slot);
+            if let Some(own) = slot {
+                *self.ctx = own;
+            }
+        }
+    }
+}
+
+fn swap(slot: &mut Option<Context>) -> bool {
+    CURRENT
+        .try_with(|cur| match cur.try_borrow_mut() {
+            Ok(mut cur) => {
+                std::mem::swap(&mut *cur, slot);
+                true
+            }
+            Err(_) => false,
+        })
+        .unwrap_or(false)
 }
 
 /// What one request carries through the stack: its SLA deadline, the current
@@ -26,14 +104,20 @@ tokio::task_local! {
 /// of the inner future ([`Context::scope`]). Layers that only read call
 /// [`Context::current`] in their `call()`.
 ///
-/// The context is a tokio task-local: it does not cross a `tokio::spawn` or a
+/// The context behaves as a task-local (a thread-local slot that every scope
+/// swaps a context into for one synchronous call or one poll, and out again,
+/// as `tokio::task_local!` does): it does not cross a `tokio::spawn` or a
 /// `tower::buffer::Buffer`, and hyper polls response bodies outside every
 /// scope, so body wrappers capture what they need at call time. For HTTP,
 /// `PropagateContextLayer` (feature `http`), placed innermost, copies it into
 /// the request extensions.
 ///
 /// Cloning is cheap: two `Instant`s, a number and two reference-counted
-/// pointers.
+/// pointers. Publishing needs no clone beyond the one the layer keeps:
+/// [`sync_scope_in_place`](Self::sync_scope_in_place) borrows, and layers
+/// that only re-publish a context captured earlier use
+/// [`rescope`](Self::rescope) / [`rescope_future`](Self::rescope_future),
+/// which do nothing when it is already current.
 #[derive(Clone, Default)]
 pub struct Context {
     sla_deadline: Option<Instant>,
@@ -51,12 +135,15 @@ impl Context {
 
     /// The context of the current scope, or an empty one outside any scope.
     pub fn current() -> Self {
-        CURRENT.try_with(Clone::clone).unwrap_or_default()
+        Self::try_current().unwrap_or_default()
     }
 
     /// The context of the current scope, if the caller runs inside one.
     pub fn try_current() -> Option<Self> {
-        CURRENT.try_with(Clone::clone).ok()
+        CURRENT
+            .try_with(|cur| cur.try_borrow().ok().and_then(|cur| cur.clone()))
+            .ok()
+            .flatten()
     }
 
     /// The end-to-end deadline of the request.
@@ -157,15 +244,79 @@ impl Context {
     ///
     /// Layers use it around the inner service's `call()`.
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        let mut slot = Some(self);
+        let _swap = Swap::enter(&mut slot);
+        f()
+    }
+
+    /// Like [`sync_scope`](Self::sync_scope), but borrows the context
+    /// instead of consuming it: a layer that also keeps the context (for
+    /// [`scope`](Self::scope)) needs no clone. `self` is unchanged afterwards.
+    pub fn sync_scope_in_place<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let _in_place = InPlace::enter(self);
+        f()
     }
 
     /// Makes this context the current one during every poll of `future`, and
     /// while it is dropped.
     pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
         Scoped {
-            inner: CURRENT.scope(self, future),
+            ctx: Some(self),
+            inner: Some(future),
         }
+    }
+
+    /// Runs `f` with this context as the current one, like
+    /// [`sync_scope`](Self::sync_scope), but without cloning or re-scoping
+    /// when the current context already carries the same values (the usual
+    /// case: an outer layer scoped it).
+    ///
+    /// For layers that *re-publish* a context they captured earlier (so that
+    /// it is right even when their future is polled elsewhere), not for
+    /// layers that change it.
+    pub fn rescope<R>(&self, f: impl FnOnce() -> R) -> R {
+        if self.is_current() {
+            f()
+        } else {
+            self.clone().sync_scope(f)
+        }
+    }
+
+    /// Like [`scope`](Self::scope), for a context captured earlier: at every
+    /// poll (and at drop) the inner future runs with this context, re-scoped
+    /// only when the current one differs (see [`rescope`](Self::rescope)).
+    pub fn rescope_future<F: Future>(self, future: F) -> Rescoped<F> {
+        Rescoped {
+            ctx: self,
+            inner: Some(future),
+        }
+    }
+
+    /// Whether the current context carries the same values as this one (the
+    /// same ticket and id, not merely equal ones).
+    pub fn is_current(&self) -> bool {
+        CURRENT
+            .try_with(|cur| {
+                cur.try_borrow()
+                    .is_ok_and(|cur| cur.as_ref().is_some_and(|cur| cur.same(self)))
+            })
+            .unwrap_or(false)
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        self.sla_deadline == other.sla_deadline
+            && self.attempt_deadline == other.attempt_deadline
+            && self.attempt == other.attempt
+            && match (&self.admission, &other.admission) {
+                (Some(a), Some(b)) => a.same(b),
+                (None, None) => true,
+                _ => false,
+            }
+            && match (&self.request_id, &other.request_id) {
+                (Some(a), Some(b)) => Arc::ptr_eq(&a.0, &b.0),
+                (None, None) => true,
+                _ => false,
+            }
     }
 }
 
@@ -195,8 +346,19 @@ pin_project! {
     /// Returned by [`Context::scope`]. The context is in scope during every
     /// poll of the inner future and while the inner future is dropped.
     pub struct Scoped<F> {
+        ctx: Option<Context>,
         #[pin]
-        inner: TaskLocalFuture<Context, F>,
+        inner: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                let _swap = Swap::enter(this.ctx);
+                this.inner.set(None);
+            }
+        }
     }
 }
 
@@ -204,13 +366,80 @@ impl<F: Future> Future for Scoped<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let mut this = self.project();
+        let _swap = Swap::enter(this.ctx);
+        let out = match this.inner.as_mut().as_pin_mut() {
+            Some(fut) => fut.poll(cx),
+            // Only after it completed.
+            None => Poll::Pending,
+        };
+        if out.is_ready() {
+            // Drop the finished future now, while in scope: dropping this
+            // future later then needs no scope.
+            this.inner.set(None);
+        }
+        out
     }
 }
 
 impl<F> fmt::Debug for Scoped<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Scoped").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// A future that runs with a [`Context`] it captured earlier as the
+    /// current one, re-scoping only when needed.
+    ///
+    /// Returned by [`Context::rescope_future`]. At every poll, and while the
+    /// inner future is dropped, the context is current: already (an outer
+    /// scope set the same values; nothing is done) or by a scope set for that
+    /// poll.
+    pub struct Rescoped<F> {
+        ctx: Context,
+        #[pin]
+        inner: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Rescoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                let ctx: &Context = this.ctx;
+                ctx.rescope(|| this.inner.set(None));
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Rescoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let ctx: &Context = this.ctx;
+        let mut inner = this.inner;
+        ctx.rescope(|| {
+            let out = match inner.as_mut().as_pin_mut() {
+                Some(fut) => fut.poll(cx),
+                // Only after it completed.
+                None => Poll::Pending,
+            };
+            if out.is_ready() {
+                // Dropped now, in scope: no scope needed at drop.
+                inner.set(None);
+            }
+            out
+        })
+    }
+}
+
+impl<F> fmt::Debug for Rescoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rescoped")
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
     }
 }
 
@@ -355,6 +584,78 @@ mod tests {
             .with_request_id(id.clone())
             .sync_scope(|| Context::current().request_id().cloned());
         assert_eq!(got, Some(id));
+    }
+
+    #[tokio::test]
+    async fn rescope_sees_the_captured_context() {
+        let id = RequestId::parse(b"abc").unwrap();
+        let ctx = Context::new().with_request_id(id.clone());
+        // Outside any scope: scoped for the call.
+        assert!(!ctx.is_current());
+        let seen = ctx.rescope(|| Context::current().request_id().cloned());
+        assert_eq!(seen, Some(id.clone()));
+        // Already current: runs as is.
+        let inner = ctx.clone();
+        let same = ctx
+            .clone()
+            .sync_scope(|| (inner.is_current(), inner.rescope(Context::current)));
+        assert!(same.0);
+        assert_eq!(same.1.request_id(), Some(&id));
+        // Another context is current: the captured one wins.
+        let other = Context::new().with_attempt(Attempt(3));
+        let seen = other.sync_scope(|| ctx.rescope(Context::current));
+        assert_eq!(seen.request_id(), Some(&id));
+        assert_eq!(seen.attempt(), None);
+        // The future variant, polled outside any scope and inside another.
+        let fut = ctx
+            .clone()
+            .rescope_future(async { Context::current().request_id().cloned() });
+        assert_eq!(fut.await, Some(id.clone()));
+        let fut = ctx
+            .clone()
+            .rescope_future(async { Context::current().request_id().cloned() });
+        let got = Context::new().with_attempt(Attempt(2)).scope(fut).await;
+        assert_eq!(got, Some(id));
+    }
+
+    #[test]
+    fn rescoped_drops_its_future_in_scope() {
+        struct Probe(std::rc::Rc<std::cell::Cell<Option<Attempt>>>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                self.0.set(Context::current().attempt());
+            }
+        }
+        let seen = std::rc::Rc::new(std::cell::Cell::new(None));
+        let probe = Probe(std::rc::Rc::clone(&seen));
+        let fut = Context::new()
+            .with_attempt(Attempt(4))
+            .rescope_future(async move {
+                let _probe = probe;
+            });
+        drop(fut);
+        assert_eq!(seen.get(), Some(Attempt(4)));
+    }
+
+    #[test]
+    fn sync_scope_in_place_restores_both() {
+        let outer = Context::new().with_attempt(Attempt(1));
+        let mut own = Context::new().with_attempt(Attempt(2));
+        let (seen, after) = outer.sync_scope(|| {
+            let seen = own.sync_scope_in_place(Context::current);
+            (seen, Context::current())
+        });
+        assert_eq!(seen.attempt(), Some(Attempt(2)));
+        assert_eq!(after.attempt(), Some(Attempt(1)));
+        assert_eq!(own.attempt(), Some(Attempt(2)));
+        assert!(Context::try_current().is_none());
+        // Also outside any scope, and on unwind.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            own.sync_scope_in_place(|| panic!("boom"));
+        }));
+        assert!(caught.is_err());
+        assert_eq!(own.attempt(), Some(Attempt(2)));
+        assert!(Context::try_current().is_none());
     }
 
     #[test]

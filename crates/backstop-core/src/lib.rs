@@ -57,6 +57,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admission;
+pub mod clock;
 mod context;
 mod error;
 mod request_id;
@@ -71,7 +72,7 @@ pub mod metrics;
 
 pub use crate::admission::{AdmissionTicket, QueueSlots, TicketHold, WaitBound, WaitDeadline};
 pub use crate::context::{
-    AdmissionDeadline, Attempt, AttemptDeadline, Context, RequestId, Scoped, SlaDeadline,
+    AdmissionDeadline, Attempt, AttemptDeadline, Context, RequestId, Rescoped, Scoped, SlaDeadline,
 };
 pub use crate::error::{
     AttemptPhase, AttemptTimedOut, BoxError, ConfigError, CostOverBurst, ErrorKind, MAX_DURATION,

@@ -152,7 +152,8 @@ where
         } else {
             ctx.with_request_id(RequestId::generate())
         };
-        let fut = ctx.clone().sync_scope(|| self.inner.call(req));
+        let mut ctx = ctx;
+        let fut = ctx.sync_scope_in_place(|| self.inner.call(req));
         ResponseFuture {
             inner: ctx.scope(fut),
         }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
-use backstop_core::{BoxError, Context, OverloadReason, Overloaded, TicketHold, find};
+use backstop_core::{BoxError, Context, OverloadReason, Overloaded, TicketHold, clock, find};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
@@ -163,7 +163,9 @@ where
                     let Some(p) = this.pending.as_mut() else {
                         panic!("rate limit future polled after completion");
                     };
-                    let now = Instant::now();
+                    // Before any inner work: the stretch's instant will do
+                    // (backstop_core::clock).
+                    let now = clock::now();
                     p.asked_at = Some(now);
                     let max_wait = p.deadline.map(|at| at.saturating_duration_since(now));
                     let fut = p.store.reserve(&p.key, p.cost, max_wait);
@@ -298,7 +300,8 @@ where
 /// right even when this future is polled elsewhere.
 fn scoped<R>(ctx: Option<&Context>, f: impl FnOnce() -> R) -> R {
     match ctx {
-        Some(ctx) => ctx.clone().sync_scope(f),
+        // No clone and no new scope when it is already current.
+        Some(ctx) => ctx.rescope(f),
         None => f(),
     }
 }

@@ -3,7 +3,7 @@
 use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use backstop_core::{ConfigError, check_duration};
+use backstop_core::{ConfigError, check_duration, clock};
 use tokio::time::{Duration, Instant};
 
 use crate::store::{Decision, RateStore, Receipt, StoreError};
@@ -167,9 +167,9 @@ impl Clock {
     }
 
     pub(crate) fn now(self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.base)
-            .as_nanos() as u64
+        // The stretch's instant (backstop_core::clock): the same one the
+        // future asked at, and no second clock read.
+        clock::now().saturating_duration_since(self.base).as_nanos() as u64
     }
 }
 

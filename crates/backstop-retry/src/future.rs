@@ -106,11 +106,11 @@ where
         loop {
             let outcome = match this.state.as_mut().project() {
                 StateProj::Ready => {
-                    let actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
+                    let mut actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
                     let svc = &mut *this.svc;
                     let next = &mut *this.next;
                     // One scope around readiness and the call.
-                    let called = actx.clone().sync_scope(|| match svc.poll_ready(cx) {
+                    let called = actx.sync_scope_in_place(|| match svc.poll_ready(cx) {
                         Poll::Pending => None,
                         Poll::Ready(Err(e)) => Some(Err(e)),
                         Poll::Ready(Ok(())) => Some(Ok(next.take().map(|req| svc.call(req)))),

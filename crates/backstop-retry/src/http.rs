@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use backstop_core::{ConfigError, Context};
+use backstop_core::{ConfigError, Context, clock};
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, Request, Response, request};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::{Duration, Instant};
+use tokio::time::Duration;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -307,7 +307,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.shared.budget.deposit(Instant::now());
+        self.shared.budget.deposit(clock::now());
         let ctx = Context::current();
         let (parts, body) = req.into_parts();
         let no_replay = self.shared.config.max_attempts == 1

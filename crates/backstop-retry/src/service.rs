@@ -4,8 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use backstop_core::Context;
-use tokio::time::Instant;
+use backstop_core::{Context, clock};
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
@@ -82,7 +81,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        self.shared.budget.deposit(Instant::now());
+        self.shared.budget.deposit(clock::now());
         ResponseFuture::new(
             req,
             self.inner.clone(),

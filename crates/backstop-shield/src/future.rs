@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
 
+use backstop_core::clock;
 use pin_project_lite::pin_project;
 
 use crate::guard::{Guard, error_kind};
@@ -50,7 +51,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        // One clock stretch per poll (backstop_core::clock).
+        let result = ready!(clock::stretch(|| this.inner.poll(cx)));
         if let Some(guard) = this.guard.take() {
             guard.finish(match &result {
                 Ok(_) => Outcome::Success,
@@ -74,7 +76,9 @@ pub use self::http::HttpResponseFuture;
 
 #[cfg(feature = "http")]
 mod http {
-    use super::{Future, Guard, Hook, Outcome, Pin, Poll, TaskContext, error_kind, fmt, ready};
+    use super::{
+        Future, Guard, Hook, Outcome, Pin, Poll, TaskContext, clock, error_kind, fmt, ready,
+    };
     use crate::body::ResponseBody;
     use pin_project_lite::pin_project;
 
@@ -118,7 +122,7 @@ mod http {
 
         fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
             let this = self.project();
-            let result = ready!(this.inner.poll(cx));
+            let result = ready!(clock::stretch(|| this.inner.poll(cx)));
             let guard = this.guard.take();
             Poll::Ready(match result {
                 Ok(response) => {

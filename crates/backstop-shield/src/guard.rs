@@ -12,7 +12,7 @@ use std::task::{Context as TaskContext, Waker};
 
 use backstop_core::{
     Attempt, AttemptTimedOut, BoxError, Context, CostOverBurst, ErrorKind, Overloaded, RequestId,
-    SlaExpired, StreamTimedOut, classify,
+    SlaExpired, StreamTimedOut, classify, clock,
 };
 use tokio::runtime::Handle;
 use tokio::time::{Duration, Instant};
@@ -219,7 +219,7 @@ impl<H: Hook> Guard<H> {
         let ctx = Context::current();
         Self {
             shared: Arc::clone(shared),
-            start: Instant::now(),
+            start: clock::now(),
             // A sync hook never spawns, so it needs no handle.
             handle: if H::SYNC {
                 None

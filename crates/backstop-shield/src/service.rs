@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use backstop_core::clock;
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
@@ -69,8 +70,11 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // The guard exists before the inner call, so a panic in it still
         // fires the hook (as cancelled).
-        let guard = Guard::new(&self.shared);
-        ResponseFuture::new(self.inner.call(req), guard)
+        // One clock stretch for the whole call chain (backstop_core::clock).
+        clock::stretch(|| {
+            let guard = Guard::new(&self.shared);
+            ResponseFuture::new(self.inner.call(req), guard)
+        })
     }
 }
 
@@ -98,7 +102,7 @@ pub use self::http::HttpShieldedOnCancel;
 
 #[cfg(feature = "http")]
 mod http {
-    use super::{Arc, Guard, Hook, HookTracker, Poll, Service, Shared, TaskContext, fmt};
+    use super::{Arc, Guard, Hook, HookTracker, Poll, Service, Shared, TaskContext, clock, fmt};
     use crate::future::HttpResponseFuture;
 
     /// The HTTP variant of [`ShieldedOnCancel`](super::ShieldedOnCancel): the
@@ -157,8 +161,10 @@ mod http {
         }
 
         fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-            let guard = Guard::new(&self.shared);
-            HttpResponseFuture::new(self.inner.call(req), guard)
+            clock::stretch(|| {
+                let guard = Guard::new(&self.shared);
+                HttpResponseFuture::new(self.inner.call(req), guard)
+            })
         }
     }
 

@@ -5,9 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
 
+use backstop_core::clock::LazySleep;
 use backstop_core::{BoxError, Scoped, SlaExpired, find};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 
 use crate::obs::{Metrics, sla_expired};
 
@@ -20,7 +21,8 @@ pin_project! {
     /// # Cancellation
     ///
     /// The future holds the inner future (inside the request's context
-    /// scope) and one timer, nothing else. Dropping it at any point drops the
+    /// scope) and one timer (created only if the inner future is pending),
+    /// nothing else. Dropping it at any point drops the
     /// inner future, within the context scope, and deregisters the timer; a
     /// future that failed at once (outer deadline already passed) holds
     /// nothing.
@@ -37,7 +39,7 @@ pin_project! {
             #[pin]
             inner: Scoped<F>,
             #[pin]
-            sleep: Sleep,
+            sleep: LazySleep,
             metrics: Metrics,
         },
         Expired,
@@ -49,7 +51,7 @@ impl<F> ResponseFuture<F> {
         Self {
             state: State::Running {
                 inner,
-                sleep: sleep_until(deadline),
+                sleep: LazySleep::new(deadline),
                 metrics,
             },
         }

@@ -2,8 +2,8 @@
 
 use std::task::{Context as TaskContext, Poll};
 
-use backstop_core::{BoxError, Context};
-use tokio::time::{Duration, Instant};
+use backstop_core::{BoxError, Context, clock};
+use tokio::time::Duration;
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
@@ -69,7 +69,18 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let now = Instant::now();
+        // One clock stretch for the call chain (backstop_core::clock), in
+        // case no outer layer opened one.
+        clock::stretch(|| self.call_in_stretch(req))
+    }
+}
+
+impl<S> SlaTimeout<S> {
+    fn call_in_stretch<Req>(&mut self, req: Req) -> ResponseFuture<S::Future>
+    where
+        S: Service<Req>,
+    {
+        let now = clock::now();
         let outer = Context::current();
         // `timeout` is at most 24 h (checked at construction), so the sum
         // cannot overflow an `Instant`.
@@ -81,8 +92,8 @@ where
             sla_expired(&self.metrics);
             return ResponseFuture::expired();
         }
-        let ctx = outer.with_sla_deadline(deadline);
-        let fut = ctx.clone().sync_scope(|| self.inner.call(req));
+        let mut ctx = outer.with_sla_deadline(deadline);
+        let fut = ctx.sync_scope_in_place(|| self.inner.call(req));
         ResponseFuture::new(ctx.scope(fut), deadline, self.metrics.clone())
     }
 }
