@@ -46,6 +46,19 @@ fn watched_router(
 /// timeout.
 const FINAL_GRACE: Duration = Duration::from_millis(250);
 
+/// The first shutdown signal: `/ready` turns 503 at once, and accepting goes
+/// on for `drain_delay`. Returns when the signal came and when to stop
+/// accepting.
+fn start_draining(handles: &crate::app::Handles, config: &Config) -> (Instant, Instant) {
+    let now = Instant::now();
+    handles.readiness.set_draining();
+    tracing::info!(
+        drain_delay_ms = config.shutdown.drain_delay.as_millis() as u64,
+        "shutdown signal: draining"
+    );
+    (now, now + config.shutdown.drain_delay)
+}
+
 /// Serves `app` on `listener` until `signal` resolves, then drains.
 ///
 /// `stream_shutdown` is the token given to the app (it ends open SSE
@@ -81,11 +94,9 @@ pub async fn serve(
         let permit = tokio::select! {
             biased;
             () = &mut signal, if signalled_at.is_none() => {
-                let now = Instant::now();
+                let (now, stop) = start_draining(&handles, config);
                 signalled_at = Some(now);
-                handles.readiness.set_draining();
-                tracing::info!(drain_delay_ms = config.shutdown.drain_delay.as_millis() as u64, "shutdown signal: draining");
-                stop_at = Some(now + config.shutdown.drain_delay);
+                stop_at = Some(stop);
                 continue;
             }
             () = until(stop_at) => break,
@@ -97,11 +108,9 @@ pub async fn serve(
         let accepted = tokio::select! {
             biased;
             () = &mut signal, if signalled_at.is_none() => {
-                let now = Instant::now();
+                let (now, stop) = start_draining(&handles, config);
                 signalled_at = Some(now);
-                handles.readiness.set_draining();
-                tracing::info!(drain_delay_ms = config.shutdown.drain_delay.as_millis() as u64, "shutdown signal: draining");
-                stop_at = Some(now + config.shutdown.drain_delay);
+                stop_at = Some(stop);
                 continue;
             }
             () = until(stop_at) => break,
