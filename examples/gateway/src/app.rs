@@ -27,7 +27,6 @@ use backstop_health::Readiness;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use serde_json::Value;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -563,10 +562,10 @@ async fn v1_inner(
         retry_after_headers(res.headers_mut(), gw.retry_after);
         return res;
     }
-    let json = if parts.method == Method::POST {
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => {
+    let requested = if parts.method == Method::POST {
+        match crate::json::request_fields(&bytes) {
+            Some(fields) => fields.completion(),
+            None => {
                 return gw.error(
                     StatusCode::BAD_REQUEST,
                     ErrorKind::InvalidRequest,
@@ -581,7 +580,7 @@ async fn v1_inner(
     let est = estimate(
         parts.uri.path(),
         bytes.len(),
-        json.as_ref(),
+        requested,
         gw.default_completion,
     );
     let limits = [

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod json;
 pub mod server;
 pub mod tokens;
 pub mod trace;

@@ -21,7 +21,6 @@ use backstop::rate_limit::{GcraStore, Reservation};
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use serde_json::Value;
 use tower::{Layer, Service};
 
 /// The request's token estimate, in the request extensions.
@@ -38,7 +37,7 @@ pub fn token_cost<B>(req: &Request<B>) -> u64 {
 pub fn estimate(
     path: &str,
     body_len: usize,
-    json: Option<&serde_json::Map<String, Value>>,
+    requested: Option<u64>,
     default_completion: u64,
 ) -> u64 {
     if path == "/v1/models" {
@@ -46,12 +45,7 @@ pub fn estimate(
     }
     let prompt = (body_len as u64).div_ceil(4);
     let completion = if path == "/v1/chat/completions" || path == "/v1/completions" {
-        json.and_then(|m| {
-            m.get("max_completion_tokens")
-                .and_then(Value::as_u64)
-                .or_else(|| m.get("max_tokens").and_then(Value::as_u64))
-        })
-        .unwrap_or(default_completion)
+        requested.unwrap_or(default_completion)
     } else {
         0
     };
@@ -292,8 +286,7 @@ impl<B> SettleBody<B> {
 
 /// `usage.total_tokens` of a JSON document.
 pub fn json_usage(body: &[u8]) -> Option<u64> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    v.get("usage")?.get("total_tokens")?.as_u64()
+    crate::json::usage_total_tokens(body)
 }
 
 fn sse_usage(line: &[u8]) -> Option<u64> {
@@ -348,14 +341,10 @@ mod tests {
 
     #[test]
     fn estimates() {
-        let m: serde_json::Map<String, Value> =
-            serde_json::from_str(r#"{"max_tokens": 10, "max_completion_tokens": 20}"#).unwrap();
-        assert_eq!(estimate("/v1/chat/completions", 9, Some(&m), 1024), 3 + 20);
-        let m: serde_json::Map<String, Value> =
-            serde_json::from_str(r#"{"max_tokens": 10}"#).unwrap();
-        assert_eq!(estimate("/v1/completions", 8, Some(&m), 1024), 2 + 10);
+        assert_eq!(estimate("/v1/chat/completions", 9, Some(20), 1024), 3 + 20);
+        assert_eq!(estimate("/v1/completions", 8, Some(10), 1024), 2 + 10);
         assert_eq!(estimate("/v1/chat/completions", 4, None, 1024), 1 + 1024);
-        assert_eq!(estimate("/v1/embeddings", 5, Some(&m), 1024), 2);
+        assert_eq!(estimate("/v1/embeddings", 5, Some(10), 1024), 2);
         assert_eq!(estimate("/v1/models", 0, None, 1024), 0);
     }
 
