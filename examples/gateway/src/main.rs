@@ -12,6 +12,12 @@ use backstop_gateway::{AppOptions, build, server};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc: thread-local free lists, so a worker thread's request-sized
+/// allocations stay off the shared arenas glibc's malloc locks and
+/// consolidates (about a sixth of the CPU per request under glibc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An OpenAI-compatible gateway built from the backstop stack.
 #[derive(Debug, Parser)]
 #[command(name = "backstop-gateway", version)]
@@ -288,9 +294,29 @@ async fn run_gateway(mut config: Config) -> ExitCode {
             std::process::exit(1);
         });
     };
-    if server::serve(listener, app, &config, shutdown, signal).await {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    // The listener moves to the serving threads (one runtime per core).
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot hand the listener to the workers");
+            return ExitCode::from(1);
+        }
+    };
+    match server::serve(
+        listener,
+        server::default_workers(),
+        app,
+        &config,
+        shutdown,
+        signal,
+    )
+    .await
+    {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the serving threads");
+            ExitCode::from(1)
+        }
     }
 }

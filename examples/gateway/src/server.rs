@@ -10,7 +10,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -47,130 +47,220 @@ fn watched_router(
 const FINAL_GRACE: Duration = Duration::from_millis(250);
 
 /// The first shutdown signal: `/ready` turns 503 at once, and accepting goes
-/// on for `drain_delay`. Returns when the signal came and when to stop
-/// accepting.
-fn start_draining(handles: &crate::app::Handles, config: &Config) -> (Instant, Instant) {
+/// on for `drain_delay`. Returns when the signal came.
+fn start_draining(handles: &crate::app::Handles, config: &Config) -> Instant {
     let now = Instant::now();
     handles.readiness.set_draining();
     tracing::info!(
         drain_delay_ms = config.shutdown.drain_delay.as_millis() as u64,
         "shutdown signal: draining"
     );
-    (now, now + config.shutdown.drain_delay)
+    now
+}
+
+/// How many serving threads [`serve`] starts: one per core the process may
+/// use (cgroup quotas included), at least one.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// Serves `app` on `listener` until `signal` resolves, then drains.
 ///
-/// `stream_shutdown` is the token given to the app (it ends open SSE
-/// streams). Returns whether everything drained (exit 0) or not (exit 1).
+/// Thread per core: `workers` threads each run a current-thread runtime and
+/// accept on their own handle of the one listening socket (the kernel wakes
+/// whichever is idle), so a connection, its requests, their timers and the
+/// upstream connections they use (the per-thread pool) stay on one thread
+/// and no request pays for a cross-thread wake-up. The limits are shared:
+/// the stack's layers keep their state in `Arc`s and atomics that every
+/// thread sees, and `server.max_connections` counts over all threads.
+///
+/// The caller's runtime only waits for the signal. `stream_shutdown` is the
+/// token given to the app (it ends open SSE streams). Returns whether
+/// everything drained (exit 0) or not (exit 1).
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
+    workers: usize,
     app: App,
     config: &Config,
     stream_shutdown: CancellationToken,
     signal: impl Future<Output = ()>,
-) -> bool {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
-        // hyper's smallest read buffer is 8 KiB.
-        .max_buf_size(config.server.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+) -> std::io::Result<bool> {
+    listener.set_nonblocking(true)?;
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
-    let handles = app.handles.clone();
-    let router = app.router;
-    let stream_budget = config.sla_timeout + config.attempt.max_stream_duration;
-
-    tokio::pin!(signal);
-    let mut stop_at: Option<Instant> = None;
-    let mut signalled_at: Option<Instant> = None;
-    loop {
-        let permit = tokio::select! {
-            biased;
-            () = &mut signal, if signalled_at.is_none() => {
-                let (now, stop) = start_draining(&handles, config);
-                signalled_at = Some(now);
-                stop_at = Some(stop);
-                continue;
-            }
-            () = until(stop_at) => break,
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+    let (signalled_tx, signalled_rx) = watch::channel(None);
+    let mut done = Vec::new();
+    for i in 0..workers.max(1) {
+        let listener = listener.try_clone()?;
+        let worker = Worker {
+            router: app.router.clone(),
+            handles: app.handles.clone(),
+            config: config.clone(),
+            slots: Arc::clone(&slots),
+            stream_shutdown: stream_shutdown.clone(),
+            signalled: signalled_rx.clone(),
         };
-        let accepted = tokio::select! {
-            biased;
-            () = &mut signal, if signalled_at.is_none() => {
-                let (now, stop) = start_draining(&handles, config);
-                signalled_at = Some(now);
-                stop_at = Some(stop);
-                continue;
-            }
-            () = until(stop_at) => break,
-            r = listener.accept() => r,
-        };
-        let (stream, _peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        // Every response on this connection must be written by arrival +
-        // SLA + maximum stream duration, even if the client stops reading.
-        let dog = Watchdog::new();
-        let watched = watched_router(router.clone(), Arc::clone(&dog), stream_budget);
-        let svc = TowerToHyperService::new(watched);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }
-                () = dog.expired() => {
-                    // Dropping the connection future closes the socket.
-                    tracing::warn!("response past its maximum stream duration: connection cut");
-                }
-            }
-            drop(permit);
-        });
+        let (tx, rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("gateway-worker-{i}"))
+            .spawn(move || {
+                let _ = tx.send(worker.run(listener));
+            })?;
+        done.push(rx);
     }
     drop(listener);
-    let t0 = signalled_at.unwrap_or_else(Instant::now);
-    tracing::info!("stopped accepting; waiting for in-flight requests");
-    let deadline = t0 + config.shutdown.timeout;
-    let drain = graceful.shutdown();
-    tokio::pin!(drain);
+    signal.await;
+    let now = start_draining(&app.handles, config);
+    let _ = signalled_tx.send(Some(now));
     let mut drained = true;
-    if tokio::time::timeout_at(deadline, &mut drain).await.is_err() {
-        // Shutdown timeout: open SSE streams get the error event and count
-        // as drained; anything else still open is cut.
-        stream_shutdown.cancel();
-        if tokio::time::timeout(FINAL_GRACE, &mut drain).await.is_err() {
-            tracing::warn!("shutdown timeout: cutting the connections still open");
-            drained = false;
-        }
-    }
-    if !handles.hooks.drain(config.hook_timeout).await {
-        tracing::warn!("cleanup hooks did not finish within shield.hook_timeout");
-        drained = false;
+    for rx in done {
+        // A worker that panicked drops its sender: not drained.
+        drained &= rx.await.unwrap_or(false);
     }
     tracing::info!(drained, "shutdown complete");
-    drained
+    Ok(drained)
+}
+
+/// One serving thread: its runtime, its handle on the listener, and clones
+/// of the shared app.
+struct Worker {
+    router: axum::Router,
+    handles: crate::app::Handles,
+    config: Config,
+    slots: Arc<Semaphore>,
+    stream_shutdown: CancellationToken,
+    /// When the first shutdown signal came (set once, by [`serve`]).
+    signalled: watch::Receiver<Option<Instant>>,
+}
+
+impl Worker {
+    fn run(self, listener: std::net::TcpListener) -> bool {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a worker runtime");
+                return false;
+            }
+        };
+        let drained = runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => self.serve(listener).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register the listener");
+                    false
+                }
+            }
+        });
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        drained
+    }
+
+    async fn serve(mut self, listener: TcpListener) -> bool {
+        let config = &self.config;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.server.header_read_timeout)
+            // hyper's smallest read buffer is 8 KiB.
+            .max_buf_size(config.server.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX),
+            );
+        let graceful = GracefulShutdown::new();
+        let stream_budget = config.sla_timeout + config.attempt.max_stream_duration;
+
+        let mut stop_at: Option<Instant> = None;
+        let mut signalled_at: Option<Instant> = None;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                r = self.signalled.wait_for(Option::is_some), if signalled_at.is_none() => {
+                    let t0 = r.ok().and_then(|t| *t).unwrap_or_else(Instant::now);
+                    signalled_at = Some(t0);
+                    stop_at = Some(t0 + config.shutdown.drain_delay);
+                    continue;
+                }
+                () = until(stop_at) => break,
+                p = Arc::clone(&self.slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                biased;
+                r = self.signalled.wait_for(Option::is_some), if signalled_at.is_none() => {
+                    let t0 = r.ok().and_then(|t| *t).unwrap_or_else(Instant::now);
+                    signalled_at = Some(t0);
+                    stop_at = Some(t0 + config.shutdown.drain_delay);
+                    continue;
+                }
+                () = until(stop_at) => break,
+                r = listener.accept() => r,
+            };
+            let (stream, _peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            // Every response on this connection must be written by arrival +
+            // SLA + maximum stream duration, even if the client stops reading.
+            let dog = Watchdog::new();
+            let watched = watched_router(self.router.clone(), Arc::clone(&dog), stream_budget);
+            let svc = TowerToHyperService::new(watched);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                tokio::select! {
+                    r = conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    }
+                    () = dog.expired() => {
+                        // Dropping the connection future closes the socket.
+                        tracing::warn!("response past its maximum stream duration: connection cut");
+                    }
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        let t0 = signalled_at.unwrap_or_else(Instant::now);
+        tracing::debug!("worker stopped accepting; waiting for in-flight requests");
+        let deadline = t0 + config.shutdown.timeout;
+        let drain = graceful.shutdown();
+        tokio::pin!(drain);
+        let mut drained = true;
+        if tokio::time::timeout_at(deadline, &mut drain).await.is_err() {
+            // Shutdown timeout: open SSE streams get the error event and count
+            // as drained; anything else still open is cut.
+            self.stream_shutdown.cancel();
+            if tokio::time::timeout(FINAL_GRACE, &mut drain).await.is_err() {
+                tracing::warn!("shutdown timeout: cutting the connections still open");
+                drained = false;
+            }
+        }
+        // Cancel hooks run as tasks on the runtime of the request that spawned
+        // them: every worker keeps its runtime turning until the tracker (shared
+        // by all) is empty.
+        if !self.handles.hooks.drain(config.hook_timeout).await {
+            tracing::warn!("cleanup hooks did not finish within shield.hook_timeout");
+            drained = false;
+        }
+        drained
+    }
 }
 
 /// Sleeps until `at`, or forever.
