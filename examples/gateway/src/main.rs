@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use backstop_gateway::config::{Config, ConfigError, check_url, parse_addr};
-use backstop_gateway::upstream::hyper_upstream;
+use backstop_gateway::upstream::upstream_for;
 use backstop_gateway::vendor::{VendorOptions, vendor_app};
 use backstop_gateway::{AppOptions, build, server};
 use clap::{Parser, Subcommand};
@@ -208,30 +208,35 @@ fn signals() -> Result<Signals, ExitCode> {
     })
 }
 
+/// Starts the simulated vendor on a loopback port of this runtime; returns
+/// its URL.
+async fn spawn_simulated_vendor() -> Result<String, ExitCode> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot bind the simulated vendor");
+            ExitCode::from(1)
+        })?;
+    let addr = listener.local_addr().map_err(|e| {
+        tracing::error!(error = %e, "no local address");
+        ExitCode::from(1)
+    })?;
+    let (router, _stats) = vendor_app(VendorOptions::default());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    tracing::info!(vendor = %addr, "serving in front of the simulated vendor");
+    Ok(format!("http://{addr}"))
+}
+
 async fn run_gateway(mut config: Config) -> ExitCode {
     // No upstream configured: the simulated vendor, in-process, on its own
     // loopback port.
     if config.upstream.url.is_none() {
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot bind the simulated vendor");
-                return ExitCode::from(1);
-            }
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "no local address");
-                return ExitCode::from(1);
-            }
-        };
-        let (router, _stats) = vendor_app(VendorOptions::default());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        tracing::info!(vendor = %addr, "serving in front of the simulated vendor");
-        config.upstream.url = Some(format!("http://{addr}"));
+        match spawn_simulated_vendor().await {
+            Ok(url) => config.upstream.url = Some(url),
+            Err(code) => return code,
+        }
     }
     // Before the layers are built: they resolve their metric handles then.
     if let Err(e) = backstop_core::metrics::set_prefix(&config.metrics_prefix) {
@@ -248,7 +253,8 @@ async fn run_gateway(mut config: Config) -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    let upstream = hyper_upstream(
+    let upstream = upstream_for(
+        config.upstream.url.as_deref().unwrap_or_default(),
         config.upstream.connect_timeout,
         config.upstream.pool_idle_timeout,
     );

@@ -37,6 +37,30 @@ impl AttemptCounter {
     }
 }
 
+/// Idle upstream connections kept per worker thread by the HTTP/1 pool: one
+/// per request in flight on that thread at a high fan-in (a smaller cap
+/// would close and reopen connections on every burst above it).
+pub const MAX_IDLE_PER_THREAD: usize = 512;
+
+/// The upstream client for `url`: an `http://` upstream gets the per-thread
+/// pool of HTTP/1 connections ([`crate::pool`]: a request never leaves its
+/// worker thread), an `https://` one hyper-util's pooled client
+/// ([`hyper_upstream`]: TLS and HTTP/2). Call it inside a tokio runtime.
+pub fn upstream_for(url: &str, connect_timeout: Duration, pool_idle_timeout: Duration) -> Upstream {
+    match url.parse::<Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") => match uri.authority() {
+            Some(authority) => crate::pool::http1_pool_upstream(crate::pool::PoolConfig {
+                authority: authority.clone(),
+                connect_timeout,
+                idle_timeout: pool_idle_timeout,
+                max_idle_per_thread: MAX_IDLE_PER_THREAD,
+            }),
+            None => hyper_upstream(connect_timeout, pool_idle_timeout),
+        },
+        _ => hyper_upstream(connect_timeout, pool_idle_timeout),
+    }
+}
+
 /// The pooled client: `http://` and `https://` (rustls, ALPN h2 and
 /// http/1.1), connect and idle-pool timeouts from the configuration.
 pub fn hyper_upstream(connect_timeout: Duration, pool_idle_timeout: Duration) -> Upstream {
