@@ -7,7 +7,6 @@
 //! those of `serde_json::Value` lookups: a field counts when it is a
 //! non-negative integer, and the last of duplicate keys wins.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserializer;
@@ -97,6 +96,39 @@ impl<'de> de::Deserialize<'de> for LenientU64 {
     }
 }
 
+/// An object key, matched against the few names the gateway reads without
+/// allocating (escaped keys arrive unescaped in a scratch buffer).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    MaxCompletionTokens,
+    MaxTokens,
+    Usage,
+    TotalTokens,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, k: &str) -> Result<Key, E> {
+                Ok(match k {
+                    "max_completion_tokens" => Key::MaxCompletionTokens,
+                    "max_tokens" => Key::MaxTokens,
+                    "usage" => Key::Usage,
+                    "total_tokens" => Key::TotalTokens,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 struct RequestVisitor;
 
 impl<'de> Visitor<'de> for RequestVisitor {
@@ -108,12 +140,12 @@ impl<'de> Visitor<'de> for RequestVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RequestFields, A::Error> {
         let mut out = RequestFields::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match &*key {
-                "max_completion_tokens" => {
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::MaxCompletionTokens => {
                     out.max_completion_tokens = map.next_value::<LenientU64>()?.0;
                 }
-                "max_tokens" => out.max_tokens = map.next_value::<LenientU64>()?.0,
+                Key::MaxTokens => out.max_tokens = map.next_value::<LenientU64>()?.0,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -134,8 +166,8 @@ impl<'de> Visitor<'de> for UsageVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
         let mut total = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == "usage" {
+        while let Some(key) = map.next_key::<Key>()? {
+            if key == Key::Usage {
                 total = map.next_value::<Usage>()?.0;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -158,8 +190,8 @@ impl<'de> de::Deserialize<'de> for Usage {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Usage, A::Error> {
                 let mut total = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key == "total_tokens" {
+                while let Some(key) = map.next_key::<Key>()? {
+                    if key == Key::TotalTokens {
                         total = map.next_value::<LenientU64>()?.0;
                     } else {
                         map.next_value::<IgnoredAny>()?;
