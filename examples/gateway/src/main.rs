@@ -57,7 +57,7 @@ fn init_logs(default: &str) {
         .json()
         .flatten_event(true)
         .with_current_span(false)
-        .with_writer(std::io::stderr)
+        .with_writer(backstop_gateway::logwriter::StderrLines)
         .with_env_filter(filter)
         .init();
 }

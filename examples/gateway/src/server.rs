@@ -144,16 +144,22 @@ impl Worker {
                 return false;
             }
         };
+        // This thread's log lines go out in batches (see `logwriter`).
+        crate::logwriter::buffer_this_thread();
         let drained = runtime.block_on(async move {
-            match TcpListener::from_std(listener) {
+            let flusher = tokio::spawn(crate::logwriter::flush_task());
+            let drained = match TcpListener::from_std(listener) {
                 Ok(listener) => self.serve(listener).await,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot register the listener");
                     false
                 }
-            }
+            };
+            flusher.abort();
+            drained
         });
         runtime.shutdown_timeout(Duration::from_millis(100));
+        crate::logwriter::flush_this_thread();
         drained
     }
 

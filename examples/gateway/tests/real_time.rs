@@ -233,7 +233,13 @@ async fn serves_then_sigterm_exits_0() {
         .filter(|l| l.contains("\"request finished\""))
         .collect();
     assert_eq!(finished.len(), 2, "{logs:?}");
-    let v: serde_json::Value = serde_json::from_str(finished[0]).unwrap();
+    // Worker threads write their lines in batches: across threads, lines are
+    // not in request order.
+    let chat = finished
+        .iter()
+        .find(|l| l.contains("/v1/chat/completions"))
+        .unwrap_or_else(|| panic!("{logs:?}"));
+    let v: serde_json::Value = serde_json::from_str(chat).unwrap();
     for key in [
         "request_id",
         "method",
