@@ -96,19 +96,22 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         CollectFuture {
-            fut: Box::pin(self.inner.call(req)),
+            fut: self.inner.call(req),
         }
     }
 }
 
-/// Future of [`Collect`].
-///
-/// # Cancellation
-///
-/// Holds only the inner future.
-#[allow(missing_debug_implementations)]
-pub struct CollectFuture<F> {
-    fut: Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// Future of [`Collect`].
+    ///
+    /// # Cancellation
+    ///
+    /// Holds only the inner future.
+    #[allow(missing_debug_implementations)]
+    pub struct CollectFuture<F> {
+        #[pin]
+        fut: F,
+    }
 }
 
 impl<F, RB, E> Future for CollectFuture<F>
@@ -116,8 +119,8 @@ where
     F: Future<Output = Result<Response<RB>, E>>,
 {
     type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let mut res = ready!(self.fut.as_mut().poll(cx))?;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut res = ready!(self.project().fut.poll(cx))?;
         if let Some(r) = res.extensions_mut().remove::<Reservation<GcraStore>>() {
             let all = res.extensions_mut().get_or_insert_default::<Reservations>();
             if let Ok(mut v) = all.0.lock() {
@@ -159,19 +162,22 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         SettleFuture {
-            fut: Box::pin(self.inner.call(req)),
+            fut: self.inner.call(req),
         }
     }
 }
 
-/// Future of [`Settle`].
-///
-/// # Cancellation
-///
-/// Holds only the inner future.
-#[allow(missing_debug_implementations)]
-pub struct SettleFuture<F> {
-    fut: Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// Future of [`Settle`].
+    ///
+    /// # Cancellation
+    ///
+    /// Holds only the inner future.
+    #[allow(missing_debug_implementations)]
+    pub struct SettleFuture<F> {
+        #[pin]
+        fut: F,
+    }
 }
 
 impl<F, RB, E> Future for SettleFuture<F>
@@ -179,8 +185,8 @@ where
     F: Future<Output = Result<Response<RB>, E>>,
 {
     type Output = Result<Response<SettleBody<RB>>, E>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut res = ready!(self.fut.as_mut().poll(cx))?;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut res = ready!(self.project().fut.poll(cx))?;
         let reservations = res
             .extensions_mut()
             .remove::<Reservations>()

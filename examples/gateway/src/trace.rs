@@ -354,21 +354,24 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         CountErrorsFuture {
-            fut: Box::pin(self.inner.call(req)),
+            fut: self.inner.call(req),
             errors: self.errors.clone(),
         }
     }
 }
 
-/// Future of [`CountErrors`].
-///
-/// # Cancellation
-///
-/// Holds only the inner future; a dropped request counts nothing.
-#[allow(missing_debug_implementations)]
-pub struct CountErrorsFuture<F> {
-    fut: Pin<Box<F>>,
-    errors: ErrorCounters,
+pin_project_lite::pin_project! {
+    /// Future of [`CountErrors`].
+    ///
+    /// # Cancellation
+    ///
+    /// Holds only the inner future; a dropped request counts nothing.
+    #[allow(missing_debug_implementations)]
+    pub struct CountErrorsFuture<F> {
+        #[pin]
+        fut: F,
+        errors: ErrorCounters,
+    }
 }
 
 impl<F, RB, E> Future for CountErrorsFuture<F>
@@ -378,12 +381,13 @@ where
 {
     type Output = Result<Response<RB>, BoxError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let out = ready!(self.fut.as_mut().poll(cx)).map_err(Into::into);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.fut.poll(cx)).map_err(Into::into);
         match &out {
-            Err(e) => self.errors.record(classify(&**e)),
+            Err(e) => this.errors.record(classify(&**e)),
             Ok(res) if StatusClass::of(res.status()) == StatusClass::ServerError => {
-                self.errors.record(ErrorKind::UpstreamFailure);
+                this.errors.record(ErrorKind::UpstreamFailure);
             }
             Ok(_) => {}
         }
