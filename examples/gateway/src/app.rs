@@ -34,7 +34,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::config::{Config, Jitter};
 use crate::tokens::{CollectLayer, SettleLayer, TokenEstimate, estimate};
 use crate::trace::{CountErrorsLayer, HeadArrival, TraceLayer};
-use crate::upstream::{ForwardLayer, Upstream};
+use crate::upstream::{ForwardLayer, SharedUpstream, Upstream};
 
 type Stack = BoxCloneSyncService<http::Request<Full<Bytes>>, Response, Infallible>;
 
@@ -109,6 +109,7 @@ fn key(prefix: &'static str) -> impl Fn(backstop::ConfigError) -> BuildError {
 /// Builds the app: the stack of DESIGN's "The gateway's stack".
 #[allow(clippy::too_many_lines, clippy::needless_pass_by_value)]
 pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result<App, BuildError> {
+    let upstream = SharedUpstream::new(upstream);
     let overload_status = StatusCode::from_u16(config.admission.overload_status)
         .map_err(|_| BuildError::new("admission.overload_status", "not a status"))?;
     let cancelled = Arc::new(AtomicU64::new(0));

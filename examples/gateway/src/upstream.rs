@@ -89,6 +89,43 @@ pub fn hyper_upstream(connect_timeout: Duration, pool_idle_timeout: Duration) ->
     BoxCloneSyncService::new(svc)
 }
 
+/// An [`Upstream`] behind an `Arc`, so cloning it is one reference count.
+///
+/// The limiters call the inner stack on their own clone of it (DESIGN
+/// contract 2), so the stack below a limiter is cloned once per limiter per
+/// request; a boxed service's clone is an allocation. This clones the boxed
+/// upstream once per call instead, and drives it with `oneshot`.
+#[derive(Clone)]
+pub struct SharedUpstream(Arc<Upstream>);
+
+impl SharedUpstream {
+    /// Shares `upstream`.
+    pub fn new(upstream: Upstream) -> Self {
+        Self(Arc::new(upstream))
+    }
+}
+
+impl std::fmt::Debug for SharedUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedUpstream").finish_non_exhaustive()
+    }
+}
+
+impl Service<Request<Body>> for SharedUpstream {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = tower::util::Oneshot<Upstream, Request<Body>>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is the clone's, driven by `oneshot` in the call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        tower::ServiceExt::oneshot((*self.0).clone(), req)
+    }
+}
+
 /// Applies the request wire rules of CONFIG.md to each attempt and converts
 /// the body for the [`Upstream`].
 #[derive(Clone, Debug)]
