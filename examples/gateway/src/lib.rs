@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod json;
+pub mod logfmt;
 pub mod logwriter;
 pub mod pool;
 pub mod server;
