@@ -9,13 +9,12 @@ use std::task::{Context as TaskContext, Poll, ready};
 
 use backstop_core::{BoxError, Context, Rescoped, TicketHold, WaitDeadline};
 use pin_project_lite::pin_project;
-use tokio::sync::{Semaphore, TryAcquireError};
-use tokio::time::{Instant, Sleep, sleep_until};
-use tokio_util::sync::PollSemaphore;
+use tokio::time::{Duration, Instant, Sleep, sleep_until};
 use tower_service::Service;
 
 use crate::layer::{Permit, ReleaseOnCompletion, ReleasePolicy};
-use crate::obs::{Metrics, debug_event};
+use crate::obs::debug_event;
+use crate::sem::{Semaphore, Waiter};
 
 pin_project! {
     /// The response future of [`ConcurrencyLimit`](crate::ConcurrencyLimit).
@@ -24,13 +23,13 @@ pin_project! {
     /// be ready, then calls it and drives the inner future, all with the
     /// request context captured at `call` time in scope.
     ///
-    /// - Uncontended, the first poll takes a permit with `try_acquire`:
-    ///   no allocation, no timer, no clock read.
-    /// - Contended, it queues on the semaphore (FIFO) through a
-    ///   [`PollSemaphore`], which boxes tokio's `acquire_owned` future (one
-    ///   allocation, only on this path), and arms one boxed [`Sleep`] at the
-    ///   wait deadline (the admission ticket's, else the SLA deadline, else
-    ///   none).
+    /// - Uncontended, the first poll takes a permit with one
+    ///   compare-and-swap: no allocation, no lock, no timer, no clock read.
+    /// - Contended, it queues on the semaphore's FIFO wait list and arms a
+    ///   [`Sleep`] at the wait deadline (the admission ticket's, else the SLA
+    ///   deadline, else none), both in one allocation made only on this
+    ///   path. The deadline is read from the context captured at `call`
+    ///   time, only once the future must wait.
     ///   A deadline already reached fails at once without queueing or
     ///   sleeping (so a `max_wait` of 0 never waits). The same deadline also
     ///   bounds waiting for the inner service's `poll_ready`.
@@ -59,8 +58,7 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        inner: Inner<S, Req>,
-        _release: PhantomData<fn() -> R>,
+        inner: Inner<S, Req, R>,
     }
 }
 
@@ -69,47 +67,70 @@ pin_project! {
     // drop) of the inner service's future; without one there is nothing to
     // restore, so the scope (two task-local swaps per poll) is skipped.
     #[project = InnerProj]
-    enum Inner<S, Req>
+    enum Inner<S, Req, R>
     where
         S: Service<Req>,
     {
         Scoped {
             #[pin]
-            future: Rescoped<Admit<S, Req>>,
+            future: Rescoped<Admit<S, Req, R>>,
         },
         Bare {
             #[pin]
-            future: Admit<S, Req>,
+            future: Admit<S, Req, R>,
         },
     }
 }
 
 pin_project! {
     // Waits for a permit and the inner service, calls it, polls its future.
-    struct Admit<S, Req>
+    #[project = AdmitProj]
+    struct Admit<S, Req, R>
     where
         S: Service<Req>,
     {
         #[pin]
         state: State<S, Req, S::Future>,
-        // Moved into the permit once taken.
-        semaphore: Option<Arc<Semaphore>>,
-        // Created only once the fast path found no permit free.
-        waiter: Option<Box<Waiter>>,
-        deadline: Option<WaitDeadline>,
-        // Armed (and boxed, to keep the future small) only once this future
-        // must wait with a deadline.
-        sleep: Option<Pin<Box<Sleep>>>,
-        permit: Option<Permit>,
+        // The semaphore until the permit is taken, then the permit.
+        permit: PermitSlot,
+        // Created (one allocation) only once this future must wait: no permit
+        // free, or the inner service not ready with a deadline.
+        slow: SlowSlot,
         hold: Option<TicketHold>,
-        metrics: Metrics,
+        // Whether the context captured at `call` is in scope when polled (so
+        // the wait deadline is read from it); without one there is none.
+        scoped: bool,
+        _release: PhantomData<fn() -> R>,
     }
 }
 
-/// A request on the semaphore's wait list, and since when.
-struct Waiter {
-    semaphore: PollSemaphore,
-    since: Instant,
+/// Where the permit is.
+enum PermitSlot {
+    /// Not taken yet.
+    Wanted(Arc<Semaphore>),
+    Held(Permit),
+    /// Handed out with the response, or released on failure.
+    Gone,
+}
+
+/// The boxed wait state, if any. Its drop is out of line and only reached
+/// when there is something to drop: the uncontended future never calls it.
+struct SlowSlot(Option<Pin<Box<Slow>>>);
+
+pin_project! {
+    // What only a waiting future needs, boxed together.
+    struct Slow {
+        // The wait deadline, read from the context when this was created.
+        deadline: Option<WaitDeadline>,
+        // On the semaphore's wait list, once the fast path found no permit.
+        waiter: Option<Waiter>,
+        // When the wait for a permit started: read only for the wait metric
+        // (feature `metrics`) or the debug event.
+        since: Option<Instant>,
+        // Armed at the deadline on the first wait.
+        #[pin]
+        sleep: Option<Sleep>,
+    }
 }
 
 pin_project! {
@@ -132,28 +153,25 @@ impl<S, Req, R> ResponseFuture<S, Req, R>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    R: ReleasePolicy<S::Response>,
 {
     pub(crate) fn new(
         ctx: Option<Context>,
         service: S,
         request: Req,
         semaphore: Arc<Semaphore>,
-        deadline: Option<WaitDeadline>,
         hold: Option<TicketHold>,
-        metrics: Metrics,
     ) -> Self {
         let admit = Admit {
             state: State::Waiting {
                 service,
                 request: Some(request),
             },
-            semaphore: Some(semaphore),
-            waiter: None,
-            deadline,
-            sleep: None,
-            permit: None,
+            permit: PermitSlot::Wanted(semaphore),
+            slow: SlowSlot(None),
             hold,
-            metrics,
+            scoped: ctx.is_some(),
+            _release: PhantomData,
         };
         let inner = match ctx {
             Some(ctx) => Inner::Scoped {
@@ -161,10 +179,7 @@ where
             },
             None => Inner::Bare { future: admit },
         };
-        Self {
-            inner,
-            _release: PhantomData,
-        }
+        Self { inner }
     }
 }
 
@@ -176,12 +191,12 @@ where
 {
     type Output = Result<R::Response, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let (response, permit) = match self.project().inner.project() {
-            InnerProj::Scoped { future } => ready!(future.poll(cx))?,
-            InnerProj::Bare { future } => ready!(future.poll(cx))?,
-        };
-        Poll::Ready(Ok(R::attach(response, permit)))
+        match self.project().inner.project() {
+            InnerProj::Scoped { future } => future.poll(cx),
+            InnerProj::Bare { future } => future.poll(cx),
+        }
     }
 }
 
@@ -196,58 +211,48 @@ where
 
 // === impl Admit ===
 
-impl<S, Req> Future for Admit<S, Req>
+impl<S, Req, R> Future for Admit<S, Req, R>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    R: ReleasePolicy<S::Response>,
 {
-    type Output = Result<(S::Response, Permit), BoxError>;
+    type Output = Result<R::Response, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Waiting { service, request } => {
-                    if this.permit.is_none() {
-                        let permit = match poll_permit(
-                            this.semaphore,
-                            this.waiter,
-                            this.deadline.as_ref(),
-                            this.sleep,
-                            this.metrics,
-                            cx,
-                        ) {
-                            Poll::Ready(Ok(permit)) => permit,
-                            Poll::Ready(Err(e)) => {
-                                *this.waiter = None;
-                                *this.sleep = None;
-                                *this.hold = None;
-                                return Poll::Ready(Err(e));
+                    if let PermitSlot::Wanted(semaphore) = this.permit {
+                        // Fast path, only before queueing. Never ahead of a
+                        // queued waiter: the semaphore refuses while anyone
+                        // waits.
+                        let waited = if this.slow.0.is_none() && semaphore.try_acquire() {
+                            Duration::ZERO
+                        } else {
+                            match poll_permit_slow(semaphore, &mut this.slow.0, *this.scoped, cx) {
+                                Poll::Ready(Ok(waited)) => waited,
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err(this.fail(e))),
+                                Poll::Pending => return Poll::Pending,
                             }
-                            Poll::Pending => return Poll::Pending,
                         };
-                        *this.permit = Some(permit);
-                        // The permit is ours: leave the wait list for good.
-                        *this.waiter = None;
+                        semaphore.metrics().acquired(waited.as_secs_f64());
+                        if let PermitSlot::Wanted(semaphore) =
+                            std::mem::replace(this.permit, PermitSlot::Gone)
+                        {
+                            *this.permit = PermitSlot::Held(Permit::taken(semaphore));
+                        }
                     }
                     match service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(e)) => {
-                            *this.permit = None;
-                            *this.sleep = None;
-                            *this.hold = None;
-                            return Poll::Ready(Err(e.into()));
-                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(this.fail(e.into()))),
                         Poll::Pending => {
-                            if let Poll::Ready(e) =
-                                poll_deadline(this.deadline.as_ref(), this.sleep, cx)
-                            {
-                                *this.permit = None;
-                                *this.sleep = None;
-                                *this.hold = None;
-                                return Poll::Ready(Err(e));
-                            }
-                            return Poll::Pending;
+                            return match poll_deadline(&mut this.slow.0, *this.scoped, cx) {
+                                Poll::Ready(e) => Poll::Ready(Err(this.fail(e))),
+                                Poll::Pending => Poll::Pending,
+                            };
                         }
                     }
                     let Some(request) = request.take() else {
@@ -256,17 +261,19 @@ where
                     let future = service.call(request);
                     // Admitted here: leave the admission queue right after
                     // the inner `call()` returned, and stop the timer.
-                    *this.hold = None;
-                    *this.sleep = None;
+                    if this.hold.is_some() {
+                        *this.hold = None;
+                    }
+                    this.slow.clear();
                     this.state.set(State::Called { future });
                 }
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
-                    let permit = this.permit.take();
+                    let permit = std::mem::replace(this.permit, PermitSlot::Gone);
                     return Poll::Ready(match (result, permit) {
-                        (Ok(response), Some(permit)) => Ok((response, permit)),
+                        (Ok(response), PermitSlot::Held(permit)) => Ok(R::attach(response, permit)),
                         (Err(e), _) => Err(e.into()),
-                        (Ok(_), None) => Err(polled_after_completion()),
+                        (Ok(_), _) => Err(polled_after_completion()),
                     });
                 }
             }
@@ -274,99 +281,155 @@ where
     }
 }
 
-/// Takes a permit: without allocating when one is free, else through the
-/// (lazily created) FIFO waiter, bounded by the deadline.
-fn poll_permit(
-    semaphore: &mut Option<Arc<Semaphore>>,
-    waiter: &mut Option<Box<Waiter>>,
-    deadline: Option<&WaitDeadline>,
-    sleep: &mut Option<Pin<Box<Sleep>>>,
-    metrics: &Metrics,
-    cx: &mut TaskContext<'_>,
-) -> Poll<Result<Permit, BoxError>> {
-    let Some(sem) = semaphore.as_ref() else {
-        return Poll::Ready(Err(polled_after_completion()));
-    };
-    let waiter = match waiter {
-        Some(waiter) => waiter,
-        None => {
-            // Fast path. A free permit is never taken ahead of a queued
-            // waiter: tokio hands released permits to waiters first.
-            let fast = match sem.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    true
-                }
-                Err(TryAcquireError::Closed) => return Poll::Ready(Err(closed())),
-                Err(TryAcquireError::NoPermits) => false,
-            };
-            if fast {
-                metrics.acquired(0.0);
-                return Poll::Ready(into_permit(semaphore, metrics));
-            }
-            // Must wait. A deadline already reached fails without queueing.
-            if let Poll::Ready(e) = poll_deadline(deadline, sleep, cx) {
-                return Poll::Ready(Err(e));
-            }
-            debug_event!("waiting for a concurrency permit");
-            waiter.insert(Box::new(Waiter {
-                semaphore: PollSemaphore::new(Arc::clone(sem)),
-                since: Instant::now(),
-            }))
-        }
-    };
-    match waiter.semaphore.poll_acquire(cx) {
-        Poll::Ready(Some(permit)) => {
-            permit.forget();
-            let wait = Instant::now().saturating_duration_since(waiter.since);
-            metrics.acquired(wait.as_secs_f64());
-            debug_event!(
-                wait_ms = wait.as_millis() as u64,
-                "concurrency permit acquired after waiting"
-            );
-            Poll::Ready(into_permit(semaphore, metrics))
-        }
-        Poll::Ready(None) => Poll::Ready(Err(closed())),
-        Poll::Pending => poll_deadline(deadline, sleep, cx).map(Err),
+impl<S, Req, R> AdmitProj<'_, S, Req, R>
+where
+    S: Service<Req>,
+{
+    /// Fails before the inner call: releases the permit, the wait-list
+    /// entry, the timer and the ticket hold.
+    #[cold]
+    fn fail(&mut self, e: BoxError) -> BoxError {
+        *self.permit = PermitSlot::Gone;
+        self.slow.clear();
+        *self.hold = None;
+        e
     }
 }
 
-/// Wraps a slot already taken (and forgotten) from the semaphore.
-fn into_permit(
-    semaphore: &mut Option<Arc<Semaphore>>,
-    metrics: &Metrics,
-) -> Result<Permit, BoxError> {
-    semaphore
-        .take()
-        .map(|semaphore| Permit::taken(semaphore, metrics))
-        .ok_or_else(polled_after_completion)
+// === impl Slow ===
+
+impl SlowSlot {
+    #[inline]
+    fn clear(&mut self) {
+        if let Some(slow) = self.0.take() {
+            drop_slow(slow);
+        }
+    }
+}
+
+impl Drop for SlowSlot {
+    #[inline]
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_slow(slow: Pin<Box<Slow>>) {
+    drop(slow);
+}
+
+impl Slow {
+    fn new(deadline: Option<WaitDeadline>) -> Pin<Box<Self>> {
+        Box::pin(Self {
+            deadline,
+            waiter: None,
+            since: None,
+            sleep: None,
+        })
+    }
+}
+
+/// The wait deadline: the admission ticket's, else the SLA deadline, of the
+/// context captured at `call` (in scope while `scoped`).
+fn wait_deadline(scoped: bool) -> Option<WaitDeadline> {
+    if scoped {
+        Context::try_current().and_then(|ctx| ctx.wait_deadline())
+    } else {
+        None
+    }
+}
+
+/// Takes a permit once the fast path failed: through the (lazily created)
+/// FIFO waiter, bounded by the deadline. `Ready(Ok(waited))`: the caller now
+/// owns one permit of `semaphore`.
+#[cold]
+#[inline(never)]
+fn poll_permit_slow(
+    semaphore: &Arc<Semaphore>,
+    slow: &mut Option<Pin<Box<Slow>>>,
+    scoped: bool,
+    cx: &mut TaskContext<'_>,
+) -> Poll<Result<Duration, BoxError>> {
+    let slow = match slow {
+        Some(slow) => slow,
+        None => {
+            // Must wait. A deadline already reached fails without queueing.
+            let deadline = wait_deadline(scoped);
+            if let Some(deadline) = deadline.filter(|d| Instant::now() >= d.at()) {
+                return Poll::Ready(Err(deadline.expired()));
+            }
+            debug_event!("waiting for a concurrency permit");
+            let slow = slow.insert(Slow::new(deadline));
+            let s = slow.as_mut().project();
+            *s.waiter = Some(Waiter::new(Arc::clone(semaphore)));
+            // The clock is read only for the wait metric or the debug event.
+            if cfg!(feature = "metrics") || tracing::enabled!(tracing::Level::DEBUG) {
+                *s.since = Some(Instant::now());
+            }
+            slow
+        }
+    };
+    let mut s = slow.as_mut().project();
+    let Some(waiter) = s.waiter.as_mut() else {
+        return Poll::Ready(Err(polled_after_completion()));
+    };
+    if waiter.poll_acquire(cx).is_ready() {
+        // The permit is ours: leave the wait list for good.
+        *s.waiter = None;
+        let wait = s.since.take().map_or(Duration::ZERO, |since| {
+            Instant::now().saturating_duration_since(since)
+        });
+        debug_event!(
+            wait_ms = wait.as_millis() as u64,
+            "concurrency permit acquired after waiting"
+        );
+        return Poll::Ready(Ok(wait));
+    }
+    poll_sleep(s.deadline.as_ref(), s.sleep.as_mut(), cx).map(Err)
+}
+
+/// Bounds waiting for the inner service's readiness by the wait deadline.
+#[cold]
+#[inline(never)]
+fn poll_deadline(
+    slow: &mut Option<Pin<Box<Slow>>>,
+    scoped: bool,
+    cx: &mut TaskContext<'_>,
+) -> Poll<BoxError> {
+    let slow = match slow {
+        Some(slow) => slow,
+        None => match wait_deadline(scoped) {
+            // Allocate only when there is a deadline to arm.
+            Some(deadline) => slow.insert(Slow::new(Some(deadline))),
+            None => return Poll::Pending,
+        },
+    };
+    let s = slow.as_mut().project();
+    poll_sleep(s.deadline.as_ref(), s.sleep, cx)
 }
 
 /// Arms the timer on first use (or fails at once if the deadline has passed)
 /// and polls it. Pending forever without a deadline.
-fn poll_deadline(
+fn poll_sleep(
     deadline: Option<&WaitDeadline>,
-    sleep: &mut Option<Pin<Box<Sleep>>>,
+    mut sleep: Pin<&mut Option<Sleep>>,
     cx: &mut TaskContext<'_>,
 ) -> Poll<BoxError> {
     let Some(deadline) = deadline else {
         return Poll::Pending;
     };
-    let sleep = match sleep {
-        Some(sleep) => sleep,
-        None => {
-            if Instant::now() >= deadline.at() {
-                return Poll::Ready(deadline.expired());
-            }
-            sleep.insert(Box::pin(sleep_until(deadline.at())))
+    if sleep.is_none() {
+        if Instant::now() >= deadline.at() {
+            return Poll::Ready(deadline.expired());
         }
-    };
-    sleep.as_mut().poll(cx).map(|()| deadline.expired())
-}
-
-fn closed() -> BoxError {
-    // Never happens: the semaphore is private and never closed.
-    "concurrency limit semaphore closed".into()
+        sleep.set(Some(sleep_until(deadline.at())));
+    }
+    match sleep.as_pin_mut() {
+        Some(sleep) => sleep.poll(cx).map(|()| deadline.expired()),
+        None => Poll::Pending,
+    }
 }
 
 fn polled_after_completion() -> BoxError {

@@ -5,10 +5,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use backstop_core::ConfigError;
-use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
-use crate::obs::{Held, Metrics};
+use crate::obs::Metrics;
+use crate::sem::Semaphore;
 use crate::service::ConcurrencyLimit;
 
 /// Limits how many requests run at once, with one semaphore shared by every
@@ -24,7 +24,6 @@ use crate::service::ConcurrencyLimit;
 pub struct ConcurrencyLimitLayer<R = ReleaseOnCompletion> {
     semaphore: Arc<Semaphore>,
     max: usize,
-    metrics: Metrics,
     _release: PhantomData<fn() -> R>,
 }
 
@@ -67,12 +66,12 @@ pub trait ReleasePolicy<Resp>: sealed::Sealed {
 /// Held by the response future, or with `ReleaseAtBodyEnd` by the response
 /// body. Like tokio's `OwnedSemaphorePermit`, but it moves the future's own
 /// reference to the semaphore instead of taking another one (one atomic
-/// reference-count pair less per request).
+/// reference-count pair less per request), and its release takes no lock
+/// unless requests wait.
 #[must_use = "dropping the permit releases it at once"]
 pub struct Permit {
-    semaphore: Arc<Semaphore>,
     // Counted in `llm_concurrent_calls` while held (feature `metrics`).
-    _held: Held,
+    semaphore: Arc<Semaphore>,
 }
 
 pub(crate) mod sealed {
@@ -98,18 +97,17 @@ impl<Resp> ReleasePolicy<Resp> for ReleaseOnCompletion {
 impl Permit {
     /// A permit for one slot the caller already took from `semaphore` (and
     /// `forget()`-ed).
-    pub(crate) fn taken(semaphore: Arc<Semaphore>, metrics: &Metrics) -> Self {
-        Self {
-            semaphore,
-            _held: metrics.hold(),
-        }
+    pub(crate) fn taken(semaphore: Arc<Semaphore>) -> Self {
+        semaphore.metrics().hold();
+        Self { semaphore }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        // What tokio's permits do on drop: waiters first, FIFO.
-        self.semaphore.add_permits(1);
+        self.semaphore.metrics().unhold();
+        // Waiters first, FIFO; no lock when nobody waits.
+        self.semaphore.release();
     }
 }
 
@@ -128,7 +126,7 @@ impl ConcurrencyLimitLayer {
     /// # Errors
     ///
     /// A [`ConfigError`] naming `max_in_flight` when it is 0 or above
-    /// [`Semaphore::MAX_PERMITS`].
+    /// `usize::MAX >> 3` (the bound of tokio's semaphore, kept).
     pub fn new(max_in_flight: usize) -> Result<Self, ConfigError> {
         if max_in_flight == 0 {
             return Err(ConfigError::new("max_in_flight", "must be at least 1"));
@@ -140,9 +138,8 @@ impl ConcurrencyLimitLayer {
             ));
         }
         Ok(Self {
-            semaphore: Arc::new(Semaphore::new(max_in_flight)),
+            semaphore: Arc::new(Semaphore::new(max_in_flight, Metrics::resolve())),
             max: max_in_flight,
-            metrics: Metrics::resolve(),
             _release: PhantomData,
         })
     }
@@ -167,7 +164,6 @@ impl<R> ConcurrencyLimitLayer<R> {
         ConcurrencyLimitLayer {
             semaphore: self.semaphore,
             max: self.max,
-            metrics: self.metrics,
             _release: PhantomData,
         }
     }
@@ -180,7 +176,6 @@ impl<R> Clone for ConcurrencyLimitLayer<R> {
         Self {
             semaphore: Arc::clone(&self.semaphore),
             max: self.max,
-            metrics: self.metrics.clone(),
             _release: PhantomData,
         }
     }
@@ -190,12 +185,7 @@ impl<S, R> Layer<S> for ConcurrencyLimitLayer<R> {
     type Service = ConcurrencyLimit<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ConcurrencyLimit::new(
-            inner,
-            Arc::clone(&self.semaphore),
-            self.max,
-            self.metrics.clone(),
-        )
+        ConcurrencyLimit::new(inner, Arc::clone(&self.semaphore), self.max)
     }
 }
 

@@ -33,8 +33,9 @@
 //! (if a `QueueAdmission` layer sits outside), clones the inner service and
 //! returns a [`future::ResponseFuture`] that:
 //!
-//! 1. takes a permit at once if one is free (`try_acquire`: no
-//!    allocation, no timer), else queues for one, first come first served,
+//! 1. takes a permit at once if one is free and nobody waits (one
+//!    compare-and-swap: no allocation, no lock, no timer, no clock read),
+//!    else queues for one, first come first served,
 //!    until the wait deadline: the admission ticket's deadline, else the SLA
 //!    deadline, else no bound. A deadline already reached fails at once
 //!    without waiting (a `max_wait` of 0 never waits).
@@ -78,23 +79,36 @@
 //!
 //! # Clone and shared state
 //!
-//! One layer value is one limit: the layer creates one
-//! `Arc<tokio::sync::Semaphore>` (fair, FIFO) and every service it builds,
-//! and every clone of those, shares it. Two layer values are two limits. The
+//! One layer value is one limit: the layer creates one shared semaphore
+//! (fair, FIFO) and every service it builds, and every clone of those,
+//! shares it. Two layer values are two limits. The
 //! inner service must be `Clone` (DESIGN contract 2): each response future
 //! drives its own clone.
 //!
 //! # Allocation
 //!
 //! Uncontended: none beyond the inner call (reference-count increments for
-//! the permit and the context). Contended: one boxed `acquire_owned` future
-//! per waiting request, inside [`tokio_util::sync::PollSemaphore`], because
-//! tokio's acquire future cannot be named; the `PollSemaphore` itself, boxed
-//! with the instant the wait started (for the wait metric), so that the
-//! uncontended future does not carry it inline; and one boxed timer
-//! ([`tokio::time::Sleep`]) when a deadline applies, boxed so the uncontended
-//! future stays small. No spawn; no lock on the fast path (tokio's semaphore
-//! takes its wait-list mutex when a permit is released, as tower's does).
+//! the permit and the context). Contended: one box per waiting request,
+//! holding its wait-list entry, the instant the wait started (for the wait
+//! metric) and, when a deadline applies, its timer ([`tokio::time::Sleep`]),
+//! boxed so that the uncontended future carries none of it; plus the
+//! growth of the shared wait list. No spawn.
+//!
+//! The semaphore is the crate's own, not tokio's: one atomic word holds the
+//! free permits and a "someone waits" bit, and a mutex guards a FIFO wait
+//! list used only while requests wait. Taking a free permit is one
+//! compare-and-swap that fails while anyone waits (so a newcomer never
+//! barges past a queued request), and releasing one is one compare-and-swap
+//! when nobody waits, without the lock tokio's semaphore (and so tower's
+//! `ConcurrencyLimit`) takes on every release. A permit released while
+//! requests wait goes straight to the first of them. A request dropped
+//! while queued is marked in the list and skipped (O(1)); one dropped after
+//! a permit was handed to it, but before it took it, passes the permit on
+//! to the next waiter.
+//!
+//! The wait deadline is read from the context captured at `call` time only
+//! once the future must wait (no permit free, or the inner service not
+//! ready), so the uncontended future does not carry it.
 //!
 //! When `call` runs outside any context scope, there is nothing to restore,
 //! so the response future skips the scope (two task-local swaps per poll).
@@ -131,8 +145,9 @@
 //! decremented when it is released (so with `http`, at body end). A wait
 //! that ends without a permit (deadline, drop) records no sample. The
 //! handles are resolved in [`ConcurrencyLimitLayer::new`]: install the
-//! recorder first. Each event is one atomic operation; each permit holds one
-//! more `Arc`.
+//! recorder first. Each event is one atomic operation; the handles live in
+//! the limit's shared semaphore, so neither a request nor a permit holds a
+//! reference count of its own for them.
 //!
 //! # Feature flags
 //!
@@ -147,6 +162,7 @@ pub mod body;
 pub mod future;
 mod layer;
 mod obs;
+mod sem;
 mod service;
 
 #[cfg(all(test, feature = "metrics"))]

@@ -26,44 +26,38 @@ pub(crate) use debug_event;
 #[cfg(feature = "metrics")]
 mod imp {
     use std::fmt;
-    use std::sync::Arc;
 
     use backstop_core::metrics as m;
     use metrics::{Gauge, Histogram};
 
-    struct Handles {
+    /// The handles, resolved when the layer is built, kept in the limit's
+    /// shared semaphore (no reference count of their own).
+    pub(crate) struct Metrics {
         wait: Histogram,
         in_flight: Gauge,
     }
 
-    /// The handles, resolved when the layer is built.
-    #[derive(Clone)]
-    pub(crate) struct Metrics(Arc<Handles>);
-
-    /// One held permit, counted in the gauge until dropped.
-    pub(crate) struct Held(Metrics);
-
     impl Metrics {
         pub(crate) fn resolve() -> Self {
-            Self(Arc::new(Handles {
+            Self {
                 wait: m::histogram(m::SEMAPHORE_WAIT_SECONDS),
                 in_flight: m::gauge(m::CONCURRENT_CALLS),
-            }))
+            }
         }
 
+        /// A permit was acquired after `waited` seconds.
         pub(crate) fn acquired(&self, waited: f64) {
-            self.0.wait.record(waited);
+            self.wait.record(waited);
         }
 
-        pub(crate) fn hold(&self) -> Held {
-            self.0.in_flight.increment(1.0);
-            Held(self.clone())
+        /// A permit is now held.
+        pub(crate) fn hold(&self) {
+            self.in_flight.increment(1.0);
         }
-    }
 
-    impl Drop for Held {
-        fn drop(&mut self) {
-            (self.0).0.in_flight.decrement(1.0);
+        /// A held permit was released.
+        pub(crate) fn unhold(&self) {
+            self.in_flight.decrement(1.0);
         }
     }
 
@@ -72,23 +66,13 @@ mod imp {
             f.write_str("Metrics")
         }
     }
-
-    impl fmt::Debug for Held {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("Held")
-        }
-    }
 }
 
 #[cfg(not(feature = "metrics"))]
 mod imp {
     /// Without the `metrics` feature: nothing.
-    #[derive(Clone, Debug, Default)]
+    #[derive(Debug, Default)]
     pub(crate) struct Metrics;
-
-    /// Without the `metrics` feature: nothing.
-    #[derive(Debug)]
-    pub(crate) struct Held;
 
     #[allow(clippy::unused_self)]
     impl Metrics {
@@ -96,12 +80,15 @@ mod imp {
             Self
         }
 
+        #[inline]
         pub(crate) fn acquired(&self, _waited: f64) {}
 
-        pub(crate) fn hold(&self) -> Held {
-            Held
-        }
+        #[inline]
+        pub(crate) fn hold(&self) {}
+
+        #[inline]
+        pub(crate) fn unhold(&self) {}
     }
 }
 
-pub(crate) use imp::{Held, Metrics};
+pub(crate) use imp::Metrics;

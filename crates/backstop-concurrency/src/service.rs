@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use backstop_core::{AdmissionTicket, BoxError, Context};
-use tokio::sync::Semaphore;
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
 use crate::layer::{ConcurrencyHandle, ReleaseOnCompletion, ReleasePolicy};
-use crate::obs::{Metrics, debug_event};
+use crate::obs::debug_event;
+use crate::sem::Semaphore;
 
 /// Limits how many requests run at once; built by
 /// [`ConcurrencyLimitLayer`](crate::ConcurrencyLimitLayer).
@@ -27,19 +27,17 @@ pub struct ConcurrencyLimit<S, R = ReleaseOnCompletion> {
     inner: S,
     semaphore: Arc<Semaphore>,
     max: usize,
-    metrics: Metrics,
     _release: PhantomData<fn() -> R>,
 }
 
 // === impl ConcurrencyLimit ===
 
 impl<S, R> ConcurrencyLimit<S, R> {
-    pub(crate) fn new(inner: S, semaphore: Arc<Semaphore>, max: usize, metrics: Metrics) -> Self {
+    pub(crate) fn new(inner: S, semaphore: Arc<Semaphore>, max: usize) -> Self {
         Self {
             inner,
             semaphore,
             max,
-            metrics,
             _release: PhantomData,
         }
     }
@@ -69,12 +67,7 @@ impl<S: Clone, R> Clone for ConcurrencyLimit<S, R> {
     // Hand-written: a derive would require `R: Clone`. Clones share the
     // semaphore (one limit) and hold no permit of their own.
     fn clone(&self) -> Self {
-        Self::new(
-            self.inner.clone(),
-            Arc::clone(&self.semaphore),
-            self.max,
-            self.metrics.clone(),
-        )
+        Self::new(self.inner.clone(), Arc::clone(&self.semaphore), self.max)
     }
 }
 
@@ -106,6 +99,7 @@ where
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let ctx = Context::try_current();
         // Enter the ticket now, synchronously, so the queue slot stays taken
@@ -114,23 +108,23 @@ where
             .as_ref()
             .and_then(Context::admission)
             .map(AdmissionTicket::enter);
-        let deadline = ctx.as_ref().and_then(Context::wait_deadline);
         // The clone goes back into `self`; the future drives the service that
         // was here (tower's `Buffer`/`Retry` idiom).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        debug_event!(
-            available_permits = self.semaphore.available_permits(),
-            "acquiring concurrency permit"
-        );
-        ResponseFuture::new(
-            ctx,
-            inner,
-            req,
-            Arc::clone(&self.semaphore),
-            deadline,
-            hold,
-            self.metrics.clone(),
-        )
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            acquiring(&self.semaphore);
+        }
+        ResponseFuture::new(ctx, inner, req, Arc::clone(&self.semaphore), hold)
     }
+}
+
+/// The `acquiring` debug event, out of line so that `call` stays small.
+#[cold]
+#[inline(never)]
+fn acquiring(semaphore: &Semaphore) {
+    debug_event!(
+        available_permits = semaphore.available_permits(),
+        "acquiring concurrency permit"
+    );
 }
