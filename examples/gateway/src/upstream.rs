@@ -188,7 +188,10 @@ pub struct Forward<S> {
     cfg: ForwardLayer,
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// How many names [`HOP_BY_HOP`] lists.
+const HOP_BY_HOP_LEN: usize = 8;
+
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -199,23 +202,44 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection`
+/// says.
+fn always_stripped(name: &HeaderName) -> bool {
+    name == header::UPGRADE || name == header::HOST || HOP_BY_HOP.contains(name)
+}
+
 /// Removes hop-by-hop headers (and those named in `Connection`) and `Host`.
+///
+/// One pass over the names finds the few present (usually only `Host`), so
+/// a message pays one removal per header it carries, not one hash lookup
+/// per name the rules list.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    let mut present: [Option<HeaderName>; HOP_BY_HOP_LEN + 2] = Default::default();
+    let mut n = 0;
+    for name in headers.keys() {
+        if always_stripped(name) {
+            // Each name appears once in `keys()`, so this never overflows.
+            if let Some(slot) = present.get_mut(n) {
+                *slot = Some(name.clone());
+                n += 1;
+            }
+        }
     }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::UPGRADE);
-    headers.remove(header::HOST);
+    for name in present.into_iter().flatten() {
+        headers.remove(name);
+    }
 }
 
 impl<S, B> Service<Request<B>> for Forward<S>
@@ -317,5 +341,26 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-bar"));
+    }
+
+    #[test]
+    fn every_listed_header_removed_and_others_kept() {
+        let mut h = HeaderMap::new();
+        for n in &HOP_BY_HOP {
+            h.append(n, HeaderValue::from_static("a"));
+            h.append(n, HeaderValue::from_static("b"));
+        }
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::HOST, HeaderValue::from_static("me"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("x"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-keep"]);
+        // Nothing to strip: untouched.
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 }
