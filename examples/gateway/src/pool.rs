@@ -603,6 +603,49 @@ mod tests {
             .unwrap()
     }
 
+    /// `n` requests at once, each echoed back whole.
+    async fn all_at_once(
+        up: &Upstream,
+        addr: SocketAddr,
+        n: usize,
+        method: Method,
+        path: &'static str,
+        body: &'static str,
+    ) {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let up = up.clone();
+            let method = method.clone();
+            set.spawn(async move {
+                let pq = format!("{path}?i={i}");
+                let res = up
+                    .oneshot(request(addr, method.clone(), &pq, body))
+                    .await
+                    .unwrap();
+                assert_eq!(text(res).await, format!("{method} {pq} {addr} {body}"));
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+    }
+
+    /// Three more requests each answer within 5 s (none is stuck behind a
+    /// busy or cancelled connection).
+    async fn three_more_get_through(up: &Upstream, addr: SocketAddr) {
+        for i in 0..3 {
+            let pq = format!("/after?i={i}");
+            let res = tokio::time::timeout(
+                Duration::from_secs(5),
+                up.clone().oneshot(request(addr, Method::GET, &pq, "")),
+            )
+            .await
+            .expect("not stuck")
+            .unwrap();
+            assert_eq!(text(res).await, format!("GET {pq} {addr} "));
+        }
+    }
+
     async fn text(res: Response<Body>) -> String {
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
@@ -666,22 +709,7 @@ mod tests {
         let pool = pool_for(srv.addr, 4);
         let up: Upstream = BoxCloneSyncService::new(pool.clone());
         for _round in 0..3 {
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..16 {
-                let up = up.clone();
-                let addr = srv.addr;
-                set.spawn(async move {
-                    let pq = format!("/delay?i={i}");
-                    let res = up
-                        .oneshot(request(addr, Method::POST, &pq, "c"))
-                        .await
-                        .unwrap();
-                    assert_eq!(text(res).await, format!("POST {pq} {addr} c"));
-                });
-            }
-            while let Some(r) = set.join_next().await {
-                r.unwrap();
-            }
+            all_at_once(&up, srv.addr, 16, Method::POST, "/delay", "c").await;
             assert!(pool.idle_len() <= 4, "idle {}", pool.idle_len());
         }
         // Round one opens up to 16; later rounds reuse the 4 kept idle.
@@ -705,22 +733,7 @@ mod tests {
             max_idle_per_thread: 8,
         });
         for _round in 0..5 {
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..32 {
-                let up = up.clone();
-                let addr = srv.addr;
-                set.spawn(async move {
-                    let pq = format!("/mt?i={i}");
-                    let res = up
-                        .oneshot(request(addr, Method::PUT, &pq, "m"))
-                        .await
-                        .unwrap();
-                    assert_eq!(text(res).await, format!("PUT {pq} {addr} m"));
-                });
-            }
-            while let Some(r) = set.join_next().await {
-                r.unwrap();
-            }
+            all_at_once(&up, srv.addr, 32, Method::PUT, "/mt", "m").await;
         }
         assert!(srv.accepted() <= 5 * 32);
     }
@@ -938,17 +951,7 @@ mod tests {
         // While the body streams, its connection is not in the list.
         assert_eq!(pool.idle_len(), 0);
         drop(body);
-        for i in 0..3 {
-            let pq = format!("/after?i={i}");
-            let res = tokio::time::timeout(
-                Duration::from_secs(5),
-                up.clone().oneshot(request(srv.addr, Method::GET, &pq, "")),
-            )
-            .await
-            .expect("not stuck on the busy connection")
-            .unwrap();
-            assert_eq!(text(res).await, format!("GET {pq} {} ", srv.addr));
-        }
+        three_more_get_through(&up, srv.addr).await;
         // The streaming connection could not be drained: closed, not reused.
         assert_eq!(srv.accepted(), 2);
     }
@@ -974,17 +977,7 @@ mod tests {
         .await;
         assert!(cancelled.is_err(), "the slow request was cut off");
         assert_eq!(pool.idle_len(), 0, "the cancelled connection is gone");
-        for i in 0..3 {
-            let pq = format!("/after?i={i}");
-            let res = tokio::time::timeout(
-                Duration::from_secs(5),
-                up.clone().oneshot(request(srv.addr, Method::GET, &pq, "")),
-            )
-            .await
-            .expect("not stuck")
-            .unwrap();
-            assert_eq!(text(res).await, format!("GET {pq} {} ", srv.addr));
-        }
+        three_more_get_through(&up, srv.addr).await;
         // The warm connection was cancelled mid-request, so one new one.
         assert_eq!(srv.accepted(), 2);
     }

@@ -186,10 +186,8 @@ impl Worker {
         loop {
             let permit = tokio::select! {
                 biased;
-                r = self.signalled.wait_for(Option::is_some), if signalled_at.is_none() => {
-                    let t0 = r.ok().and_then(|t| *t).unwrap_or_else(Instant::now);
-                    signalled_at = Some(t0);
-                    stop_at = Some(t0 + config.shutdown.drain_delay);
+                t0 = signalled(&mut self.signalled), if signalled_at.is_none() => {
+                    (signalled_at, stop_at) = (Some(t0), Some(t0 + config.shutdown.drain_delay));
                     continue;
                 }
                 () = until(stop_at) => break,
@@ -200,10 +198,8 @@ impl Worker {
             };
             let accepted = tokio::select! {
                 biased;
-                r = self.signalled.wait_for(Option::is_some), if signalled_at.is_none() => {
-                    let t0 = r.ok().and_then(|t| *t).unwrap_or_else(Instant::now);
-                    signalled_at = Some(t0);
-                    stop_at = Some(t0 + config.shutdown.drain_delay);
+                t0 = signalled(&mut self.signalled), if signalled_at.is_none() => {
+                    (signalled_at, stop_at) = (Some(t0), Some(t0 + config.shutdown.drain_delay));
                     continue;
                 }
                 () = until(stop_at) => break,
@@ -266,6 +262,14 @@ impl Worker {
             drained = false;
         }
         drained
+    }
+}
+
+/// When the first shutdown signal came (now, if [`serve`] is gone).
+async fn signalled(rx: &mut watch::Receiver<Option<Instant>>) -> Instant {
+    match rx.wait_for(Option::is_some).await {
+        Ok(at) => (*at).unwrap_or_else(Instant::now),
+        Err(_) => Instant::now(),
     }
 }
 
