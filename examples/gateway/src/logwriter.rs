@@ -5,9 +5,11 @@
 //! writes also contend on stderr's lock. A worker thread instead appends its
 //! lines to its own buffer, written out when it reaches [`FLUSH_AT`] bytes, at
 //! least every [`FLUSH_EVERY`] (a task on the worker's runtime, see
-//! [`flush_task`]), when the worker stops, and at once for `WARN` and `ERROR`
-//! lines (so problems are never held back, and the order of lines on a thread
-//! is kept). Every other thread writes each line straight through.
+//! [`flush_task`]), when the worker stops or its thread ends (unwinding
+//! included), and at once for `WARN` and `ERROR` lines (so problems are never
+//! held back, and the order of lines on a thread is kept). A process that
+//! exits without its workers ending (the second shutdown signal) calls
+//! [`flush_all`] first. Every other thread writes each line straight through.
 //!
 //! Lines of one thread stay in order; lines of different worker threads may
 //! come out of order by up to [`FLUSH_EVERY`] (each carries its timestamp).
@@ -18,6 +20,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tracing::{Level, Metadata};
@@ -29,10 +32,24 @@ pub const FLUSH_AT: usize = 32 * 1024;
 /// The longest a buffered line waits.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
+/// A worker's buffer. Behind a mutex only so that [`flush_all`] can reach it
+/// from another thread (the lock is uncontended otherwise); written out when
+/// its thread ends, unwinding included.
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        write_out(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
 thread_local! {
     /// `Some` on threads that buffer (see [`buffer_this_thread`]).
-    static BUFFER: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    static BUFFER: RefCell<Option<Buffer>> = const { RefCell::new(None) };
 }
+
+/// Every buffering thread's buffer, for [`flush_all`].
+static ALL: Mutex<Vec<Weak<Mutex<Vec<u8>>>>> = Mutex::new(Vec::new());
 
 /// The [`MakeWriter`] to give tracing-subscriber's `fmt` layer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -74,9 +91,10 @@ impl Write for Line {
             let Some(buf) = slot.as_mut() else {
                 return true;
             };
+            let mut buf = buf.0.lock().unwrap_or_else(PoisonError::into_inner);
             buf.extend_from_slice(bytes);
             if urgent || buf.len() >= FLUSH_AT {
-                write_out(buf);
+                write_out(&mut buf);
             }
             false
         });
@@ -107,7 +125,11 @@ pub fn buffer_this_thread() {
     BUFFER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = Some(Vec::with_capacity(FLUSH_AT + 1024));
+            let buf = Arc::new(Mutex::new(Vec::with_capacity(FLUSH_AT + 1024)));
+            let mut all = ALL.lock().unwrap_or_else(PoisonError::into_inner);
+            all.retain(|b| b.strong_count() > 0);
+            all.push(Arc::downgrade(&buf));
+            *slot = Some(Buffer(buf));
         }
     });
 }
@@ -115,12 +137,26 @@ pub fn buffer_this_thread() {
 /// Writes out this thread's buffered lines, if any.
 pub fn flush_this_thread() {
     BUFFER.with(|cell| {
-        if let Ok(mut slot) = cell.try_borrow_mut() {
-            if let Some(buf) = slot.as_mut() {
-                write_out(buf);
+        if let Ok(slot) = cell.try_borrow() {
+            if let Some(buf) = slot.as_ref() {
+                write_out(&mut buf.0.lock().unwrap_or_else(PoisonError::into_inner));
             }
         }
     });
+}
+
+/// Writes out every thread's buffered lines: for a process about to exit
+/// without its workers ending (the second shutdown signal).
+pub fn flush_all() {
+    let all: Vec<_> = ALL
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for buf in all {
+        write_out(&mut buf.lock().unwrap_or_else(PoisonError::into_inner));
+    }
 }
 
 /// Flushes this thread's buffer every [`FLUSH_EVERY`]; spawn it on a
@@ -139,7 +175,11 @@ mod tests {
     use super::*;
 
     fn buffered_len() -> Option<usize> {
-        BUFFER.with(|cell| cell.borrow().as_ref().map(Vec::len))
+        BUFFER.with(|cell| {
+            cell.borrow()
+                .as_ref()
+                .map(|b| b.0.lock().map_or(0, |v| v.len()))
+        })
     }
 
     #[test]
@@ -183,6 +223,23 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn flush_all_reaches_other_threads_buffers() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            buffer_this_thread();
+            Line { urgent: false }.write_all(b"x\n").unwrap();
+            tx.send(buffered_len()).unwrap();
+            done_rx.recv().unwrap();
+            buffered_len()
+        });
+        assert_eq!(rx.recv().unwrap(), Some(2));
+        flush_all();
+        done_tx.send(()).unwrap();
+        assert_eq!(worker.join().unwrap(), Some(0));
     }
 
     #[test]

@@ -298,6 +298,8 @@ async fn run_gateway(mut config: Config) -> ExitCode {
         tokio::spawn(async move {
             signals.recv().await;
             tracing::warn!("second signal: exiting now");
+            // The workers will not end: write out their buffered log lines.
+            backstop_gateway::logwriter::flush_all();
             std::process::exit(1);
         });
     };
