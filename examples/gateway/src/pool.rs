@@ -60,13 +60,14 @@
 //!   fixed `Host`.
 //! - No limit on connections per upstream (one per concurrent request, as
 //!   with the legacy client); only idle ones are capped.
-//! - No reaper timer: an idle connection is dropped by the next push or pop
-//!   on its thread that meets it past `idle_timeout`. A connection the
+//! - No timer of its own: an idle connection is dropped by the next push or
+//!   pop on its thread that meets it past `idle_timeout`, or by
+//!   [`sweep_this_thread`], which the owner of the thread calls on its own
+//!   schedule (the gateway's workers: once a second). A connection the
 //!   upstream closes is cleaned up by its driver task at once (the socket is
-//!   closed; only the small dead sender waits in the list). A thread that
-//!   stops sending keeps its idle sockets until the upstream closes them.
+//!   closed; only the small dead sender waits in the list).
 //! - The lists of a dropped pool stay on a thread until a new pool is first
-//!   used on that thread (or the thread ends).
+//!   used on that thread, the next sweep, or the thread's end.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -377,6 +378,29 @@ fn with_list<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut VecDeque<Idle>) -> R) 
         })
         .ok()
         .flatten()
+}
+
+/// Drops, on the current thread, every idle connection that its upstream
+/// closed or that has been idle for its pool's `idle_timeout`, and the lists
+/// of pools that are gone. Without it an idle connection is only dropped
+/// when its thread next uses its pool; the gateway's workers call it once a
+/// second.
+pub fn sweep_this_thread() {
+    let now = Instant::now();
+    let _ = LISTS.try_with(|lists| {
+        if let Ok(mut lists) = lists.try_borrow_mut() {
+            lists.retain_mut(|list| {
+                let Some(owner) = list.owner.upgrade() else {
+                    return false;
+                };
+                list.idle.retain(|e| {
+                    !e.sender.is_closed()
+                        && now.saturating_duration_since(e.since) < owner.idle_timeout
+                });
+                true
+            });
+        }
+    });
 }
 
 /// Pops the warmest usable sender: drops closed and expired entries on the
@@ -980,6 +1004,31 @@ mod tests {
         three_more_get_through(&up, srv.addr).await;
         // The warm connection was cancelled mid-request, so one new one.
         assert_eq!(srv.accepted(), 2);
+    }
+
+    /// Real time (sockets), generous bound: idle for 1 s, checked after 1.5 s.
+    #[tokio::test]
+    async fn a_sweep_drops_expired_idle_connections() {
+        let srv = server(true).await;
+        let pool = Pool::new(PoolConfig {
+            authority: srv.addr.to_string().parse().unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(1),
+            max_idle_per_thread: 8,
+        });
+        let up: Upstream = BoxCloneSyncService::new(pool.clone());
+        let res = up
+            .clone()
+            .oneshot(request(srv.addr, Method::GET, "/warm", ""))
+            .await
+            .unwrap();
+        text(res).await;
+        assert_eq!(pool.idle_len(), 1);
+        sweep_this_thread();
+        assert_eq!(pool.idle_len(), 1, "fresh: kept");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sweep_this_thread();
+        assert_eq!(pool.idle_len(), 0, "expired: dropped without a new request");
     }
 
     #[tokio::test]

@@ -148,6 +148,16 @@ impl Worker {
         crate::logwriter::buffer_this_thread();
         let drained = runtime.block_on(async move {
             let flusher = tokio::spawn(crate::logwriter::flush_task());
+            // Idle upstream connections past `pool_idle_timeout` are closed
+            // even when no request comes to reuse them.
+            let sweeper = tokio::spawn(async {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    crate::pool::sweep_this_thread();
+                }
+            });
             let drained = match TcpListener::from_std(listener) {
                 Ok(listener) => self.serve(listener).await,
                 Err(e) => {
@@ -156,6 +166,7 @@ impl Worker {
                 }
             };
             flusher.abort();
+            sweeper.abort();
             drained
         });
         runtime.shutdown_timeout(Duration::from_millis(100));
