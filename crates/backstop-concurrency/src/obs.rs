@@ -3,25 +3,7 @@
 //! acquired, zero waits included) and the `llm_concurrent_calls` gauge
 //! (permits held now).
 
-/// A debug event with the current context's request id and attempt.
-macro_rules! debug_event {
-    ($($field:tt)*) => {
-        if ::tracing::enabled!(::tracing::Level::DEBUG) {
-            let ctx = ::backstop_core::Context::try_current();
-            let ctx = ctx.as_ref();
-            ::tracing::debug!(
-                request_id = ctx
-                    .and_then(::backstop_core::Context::request_id)
-                    .map(::tracing::field::display),
-                attempt = ctx
-                    .and_then(::backstop_core::Context::attempt)
-                    .map(::backstop_core::Attempt::get),
-                $($field)*
-            );
-        }
-    };
-}
-pub(crate) use debug_event;
+pub(crate) use backstop_core::debug_event;
 
 #[cfg(feature = "metrics")]
 mod imp {

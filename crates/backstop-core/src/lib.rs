@@ -60,6 +60,7 @@ pub mod admission;
 pub mod clock;
 mod context;
 mod error;
+mod obs;
 mod request_id;
 
 #[cfg(feature = "http")]
