@@ -23,6 +23,8 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
+use crate::json::usage_total_tokens;
+
 /// The request's token estimate, in the request extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenEstimate(pub u64);
@@ -282,17 +284,12 @@ impl<B> SettleBody<B> {
 
     fn on_end(&mut self) {
         if self.mode == Mode::Json {
-            if let Some(total) = json_usage(&self.buf) {
+            if let Some(total) = usage_total_tokens(&self.buf) {
                 self.settle(total);
             }
         }
         self.mode = Mode::None;
     }
-}
-
-/// `usage.total_tokens` of a JSON document.
-pub fn json_usage(body: &[u8]) -> Option<u64> {
-    crate::json::usage_total_tokens(body)
 }
 
 fn sse_usage(line: &[u8]) -> Option<u64> {
@@ -301,7 +298,7 @@ fn sse_usage(line: &[u8]) -> Option<u64> {
     if !data.contains("\"usage\"") {
         return None;
     }
-    json_usage(data.as_bytes())
+    usage_total_tokens(data.as_bytes())
 }
 
 impl<B> Body for SettleBody<B>
@@ -361,6 +358,9 @@ mod tests {
             Some(42)
         );
         assert_eq!(sse_usage(b"data: [DONE]\n"), None);
-        assert_eq!(json_usage(br#"{"usage":{"total_tokens":7}}"#), Some(7));
+        assert_eq!(
+            usage_total_tokens(br#"{"usage":{"total_tokens":7}}"#),
+            Some(7)
+        );
     }
 }
