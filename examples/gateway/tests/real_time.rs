@@ -59,6 +59,21 @@ impl Proc {
         }
     }
 
+    /// The gateway on a free port, with `toml` as its configuration file
+    /// `name`.
+    fn with_config(name: &str, toml: &str, env: &[(&str, &str)]) -> Self {
+        let path = write_config(name, toml);
+        Self::spawn(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                path.to_str().unwrap(),
+            ],
+            env,
+        )
+    }
+
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
@@ -124,6 +139,29 @@ async fn http(
         .expect("response in time")
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A chat completion streamed as `chunks` SSE chunks `interval_ms` apart,
+/// read to its end in the background.
+fn stream_in_background(
+    addr: &str,
+    chunks: &'static str,
+    interval_ms: &'static str,
+) -> tokio::task::JoinHandle<String> {
+    let addr = addr.to_owned();
+    tokio::spawn(async move {
+        http(
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("x-sim-stream-chunks", chunks),
+                ("x-sim-chunk-interval-ms", interval_ms),
+            ],
+            r#"{"stream":true}"#,
+        )
+        .await
+    })
 }
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
@@ -257,20 +295,7 @@ async fn serves_then_sigterm_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_drains_an_open_stream_then_exits_0() {
     let mut p = Proc::spawn(&["--listen", "127.0.0.1:0"], &[]);
-    let addr = p.addr.clone();
-    let stream = tokio::spawn(async move {
-        http(
-            &addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("x-sim-stream-chunks", "6"),
-                ("x-sim-chunk-interval-ms", "150"),
-            ],
-            r#"{"stream":true}"#,
-        )
-        .await
-    });
+    let stream = stream_in_background(&p.addr, "6", "150");
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.signal("INT");
     // /ready answers 503 at once? The listener may already be closed
@@ -282,16 +307,7 @@ async fn sigint_drains_an_open_stream_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_delay_keeps_serving_and_ready_is_503() {
-    let path = write_config("drain.toml", "[shutdown]\ndrain_delay = \"1s\"\n");
-    let mut p = Proc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut p = Proc::with_config("drain.toml", "[shutdown]\ndrain_delay = \"1s\"\n", &[]);
     p.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let res = http(&p.addr, "GET", "/ready", &[], "").await;
@@ -304,30 +320,8 @@ async fn drain_delay_keeps_serving_and_ready_is_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_exits_1() {
-    let path = write_config("second.toml", "[shutdown]\ntimeout = \"30s\"\n");
-    let mut p = Proc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let addr = p.addr.clone();
-    let _stream = tokio::spawn(async move {
-        http(
-            &addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("x-sim-stream-chunks", "100"),
-                ("x-sim-chunk-interval-ms", "200"),
-            ],
-            r#"{"stream":true}"#,
-        )
-        .await
-    });
+    let mut p = Proc::with_config("second.toml", "[shutdown]\ntimeout = \"30s\"\n", &[]);
+    let _stream = stream_in_background(&p.addr, "100", "200");
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -338,30 +332,8 @@ async fn second_signal_exits_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_ends_streams_with_the_error_event() {
-    let path = write_config("timeout.toml", "[shutdown]\ntimeout = \"500ms\"\n");
-    let mut p = Proc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let addr = p.addr.clone();
-    let stream = tokio::spawn(async move {
-        http(
-            &addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("x-sim-stream-chunks", "100"),
-                ("x-sim-chunk-interval-ms", "100"),
-            ],
-            r#"{"stream":true}"#,
-        )
-        .await
-    });
+    let mut p = Proc::with_config("timeout.toml", "[shutdown]\ntimeout = \"500ms\"\n", &[]);
+    let stream = stream_in_background(&p.addr, "100", "100");
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.signal("TERM");
     let body = stream.await.unwrap();
@@ -472,17 +444,9 @@ async fn client_disconnect_cancels_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_or_authorization_value_in_any_log_line() {
-    let path = write_config(
+    let mut p = Proc::with_config(
         "keys.toml",
         "[upstream]\napi_key_env = \"BACKSTOP_TEST_VENDOR_KEY\"\n[[clients]]\nname = \"acme\"\nkey_env = \"BACKSTOP_TEST_CLIENT_KEY\"\n",
-    );
-    let mut p = Proc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path.to_str().unwrap(),
-        ],
         &[
             ("BACKSTOP_TEST_VENDOR_KEY", "vendor-key-zzq"),
             ("BACKSTOP_TEST_CLIENT_KEY", "client-key-zzq"),
@@ -550,16 +514,7 @@ fn demo_plays_every_row_and_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_at_the_shutdown_timeout_exit_1() {
-    let path = write_config("cut.toml", "[shutdown]\ntimeout = \"500ms\"\n");
-    let mut p = Proc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut p = Proc::with_config("cut.toml", "[shutdown]\ntimeout = \"500ms\"\n", &[]);
     let addr = p.addr.clone();
     let slow = tokio::spawn(async move {
         http(
@@ -581,17 +536,9 @@ async fn connections_cut_at_the_shutdown_timeout_exit_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_hardening_header_size_and_read_timeout() {
-    let path = write_config(
+    let p = Proc::with_config(
         "server.toml",
         "[server]\nheader_read_timeout = \"1s\"\nmax_header_bytes = 16384\n",
-    );
-    let p = Proc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path.to_str().unwrap(),
-        ],
         &[],
     );
     // Headers over the limit: refused, never proxied.
@@ -620,16 +567,7 @@ async fn inbound_hardening_header_size_and_read_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_the_next_connection_back() {
-    let path = write_config("conns.toml", "[server]\nmax_connections = 1\n");
-    let p = Proc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let p = Proc::with_config("conns.toml", "[server]\nmax_connections = 1\n", &[]);
     let first = TcpStream::connect(&p.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let addr = p.addr.clone();
