@@ -610,13 +610,18 @@ mod tests {
         TestServer { addr, accepted }
     }
 
-    fn pool_for(addr: SocketAddr, max_idle: usize) -> Pool {
-        Pool::new(PoolConfig {
+    /// Settings for a test server: 5 s to connect, 60 s idle.
+    fn config_for(addr: SocketAddr, max_idle: usize) -> PoolConfig {
+        PoolConfig {
             authority: addr.to_string().parse().unwrap(),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             max_idle_per_thread: max_idle,
-        })
+        }
+    }
+
+    fn pool_for(addr: SocketAddr, max_idle: usize) -> Pool {
+        Pool::new(config_for(addr, max_idle))
     }
 
     fn request(addr: SocketAddr, method: Method, pq: &str, body: &str) -> Request<Body> {
@@ -710,12 +715,7 @@ mod tests {
     #[tokio::test]
     async fn multi_chunk_bodies_read_to_the_end_reuse_the_connection() {
         let srv = server(true).await;
-        let up = http1_pool_upstream(PoolConfig {
-            authority: srv.addr.to_string().parse().unwrap(),
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            max_idle_per_thread: 8,
-        });
+        let up = http1_pool_upstream(config_for(srv.addr, 8));
         for _ in 0..10 {
             let res = up
                 .clone()
@@ -750,12 +750,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn works_on_a_multi_thread_runtime() {
         let srv = server(true).await;
-        let up = http1_pool_upstream(PoolConfig {
-            authority: srv.addr.to_string().parse().unwrap(),
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            max_idle_per_thread: 8,
-        });
+        let up = http1_pool_upstream(config_for(srv.addr, 8));
         for _round in 0..5 {
             all_at_once(&up, srv.addr, 32, Method::PUT, "/mt", "m").await;
         }
@@ -807,12 +802,7 @@ mod tests {
                 });
             }
         });
-        let up = http1_pool_upstream(PoolConfig {
-            authority: addr.to_string().parse().unwrap(),
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            max_idle_per_thread: 8,
-        });
+        let up = http1_pool_upstream(config_for(addr, 8));
         for _ in 0..20 {
             let res = up
                 .clone()
@@ -892,12 +882,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let up = http1_pool_upstream(PoolConfig {
-            authority: addr.to_string().parse().unwrap(),
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            max_idle_per_thread: 8,
-        });
+        let up = http1_pool_upstream(config_for(addr, 8));
         let started = Instant::now();
         let err = up
             .oneshot(request(addr, Method::GET, "/", ""))
@@ -939,10 +924,8 @@ mod tests {
             return;
         }
         let up = http1_pool_upstream(PoolConfig {
-            authority: addr.to_string().parse().unwrap(),
             connect_timeout: Duration::from_millis(100),
-            idle_timeout: Duration::from_secs(60),
-            max_idle_per_thread: 8,
+            ..config_for(addr, 8)
         });
         let started = Instant::now();
         let err = up
@@ -1011,10 +994,8 @@ mod tests {
     async fn a_sweep_drops_expired_idle_connections() {
         let srv = server(true).await;
         let pool = Pool::new(PoolConfig {
-            authority: srv.addr.to_string().parse().unwrap(),
-            connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(1),
-            max_idle_per_thread: 8,
+            ..config_for(srv.addr, 8)
         });
         let up: Upstream = BoxCloneSyncService::new(pool.clone());
         let res = up
@@ -1035,10 +1016,8 @@ mod tests {
     async fn expired_or_uncapped_connections_are_not_kept() {
         let srv = server(true).await;
         let expired = Pool::new(PoolConfig {
-            authority: srv.addr.to_string().parse().unwrap(),
-            connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::ZERO,
-            max_idle_per_thread: 8,
+            ..config_for(srv.addr, 8)
         });
         let none = pool_for(srv.addr, 0);
         for pool in [expired, none] {
