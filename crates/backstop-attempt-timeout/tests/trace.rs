@@ -52,11 +52,7 @@ fn traced<T>(scenario: impl AsyncFnOnce() -> T) -> (T, Vec<String>) {
     let lines = Lines::default();
     let out = tracing::subscriber::with_default(lines.clone(), || {
         tracing::callsite::rebuild_interest_cache();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = backstop_test_util::paused_runtime();
         rt.block_on(scenario())
     });
     let lines = lines.0.lock().unwrap().clone();

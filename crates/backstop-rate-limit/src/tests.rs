@@ -225,11 +225,7 @@ mod prop {
         fn gcra_bound_holds_with_arbitrary_drops(
             (burst, ops) in (1..8u64).prop_flat_map(|b| (Just(b), proptest::collection::vec(op(b), 1..80)))
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap();
+            let rt = backstop_test_util::paused_runtime();
             rt.block_on(async move {
                 // 1 unit per ms.
                 let quota = Quota::new(1000, Duration::from_secs(1), burst).unwrap();

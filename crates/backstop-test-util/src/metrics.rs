@@ -16,11 +16,7 @@ pub fn recorded<F: Future>(scenario: impl FnOnce() -> F) -> (F::Output, Recorded
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let out = metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = crate::paused_runtime();
         rt.block_on(scenario())
     });
     let snapshot = snapshotter
