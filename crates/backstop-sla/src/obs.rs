@@ -4,19 +4,7 @@
 /// Counts and logs one request failed by its SLA deadline.
 pub(crate) fn sla_expired(metrics: &Metrics) {
     metrics.expired();
-    if tracing::enabled!(tracing::Level::WARN) {
-        let ctx = backstop_core::Context::try_current();
-        let ctx = ctx.as_ref();
-        tracing::warn!(
-            request_id = ctx
-                .and_then(backstop_core::Context::request_id)
-                .map(tracing::field::display),
-            attempt = ctx
-                .and_then(backstop_core::Context::attempt)
-                .map(backstop_core::Attempt::get),
-            "sla deadline exceeded"
-        );
-    }
+    backstop_core::context_event!(tracing::Level::WARN, "sla deadline exceeded");
 }
 
 #[cfg(feature = "metrics")]
