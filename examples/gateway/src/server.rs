@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::trace::HeadArrival;
 use crate::watchdog::{Watchdog, WatchedBody};
 
 /// The router, with each response body watched by the connection's
@@ -32,8 +33,12 @@ fn watched_router(
 > + Clone
 + Send
 + 'static {
-    tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let watch = dog.watch(Instant::now() + budget);
+    tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        // The head's arrival, read once: the trace, the SLA deadline and
+        // this watchdog all count from it.
+        let arrival = Instant::now();
+        req.extensions_mut().insert(HeadArrival(arrival));
+        let watch = dog.watch(arrival + budget);
         let fut = tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new));
         async move {
             let res = fut.await?;

@@ -126,9 +126,17 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let start = Instant::now();
+        // The server records the head's arrival once (its watchdog deadline
+        // counts from it); without it (in-process use) it is now.
+        let start = match req.extensions().get::<HeadArrival>() {
+            Some(h) => h.0,
+            None => {
+                let now = Instant::now();
+                req.extensions_mut().insert(HeadArrival(now));
+                now
+            }
+        };
         let attempts = AttemptCounter::default();
-        req.extensions_mut().insert(HeadArrival(start));
         req.extensions_mut().insert(attempts.clone());
         let info = Info {
             start,
