@@ -2,6 +2,7 @@
 
 use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use backstop_core::{ConfigError, check_duration, clock};
 use tokio::time::{Duration, Instant};
@@ -124,31 +125,94 @@ pub(crate) fn step(
     }
 }
 
-/// A refund of `reserved - actual` on a reservation ending at `receipt`, or a
-/// charge of `actual - reserved`: the new theoretical arrival time, if any.
+/// A refund or a charge, as [`settlement`] decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// Move the theoretical arrival time back by `shift` nanoseconds;
+    /// `moves_others` when reservations sit above the refunded one (they move
+    /// down with it, and `shifted` must grow by `shift`).
+    Refund { shift: u64, moves_others: bool },
+    /// Add this many nanoseconds past `max(tat, now)`.
+    Charge(u64),
+    /// Nothing to do.
+    None,
+}
+
+/// What refunds need to know of a schedule besides its theoretical arrival
+/// time (see [`settlement`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Shifts {
+    /// Nanoseconds that refunds have moved reservations down, in all.
+    pub(crate) shifted: u64,
+    /// The latest conforming instant promised to any reservation that had
+    /// to wait (0: none yet). Waiters do not move when the schedule does.
+    pub(crate) promised: u64,
+}
+
+/// What correcting a reservation of `reserved` units to `actual` units does
+/// to a schedule whose theoretical arrival time is `tat`.
 ///
-/// A refund applies only when nothing was reserved after it (`tat ==
-/// receipt`): handing it to a later request would schedule that request
-/// alongside ones already waiting and break the burst bound.
-pub(crate) fn settled_tat(
+/// # Refunds
+///
+/// Each reservation occupies an interval of the schedule ending where it left
+/// the theoretical arrival time, and is admitted at a fixed instant. The
+/// schedule is a GCRA history; a refund is the same history with a smaller
+/// cost, which lowers every later reservation's end, and `tat`, by up to the
+/// refunded increment. The lowering passes a later reservation only as far as
+/// the gap between its admission instant and the end of the reservation
+/// before it (its end can move, its admission instant cannot): for one
+/// already admitted that gap is at least (refunded end − now), for one still
+/// waiting at least (refunded end − the latest promised instant). So a refund
+/// moves the schedule down by the refunded increment, at most to
+/// max(now, latest promise) past the refunded reservation's end, and never
+/// below now; a refund of the reservation on top (nothing after it) is exact.
+/// The history stays a GCRA history of the settled costs (plus what a refund
+/// could not give back), so the bound `rate × window + burst` holds for
+/// settled costs: time that has passed is spent, whoever holds it.
+///
+/// Earlier refunds moved the reservation down by an unknown share of
+/// `shifted`. The receipt holds its end plus `shifted` at reservation time, so
+/// `receipt − shifted` is never later than its end: the estimate errs towards
+/// refunding less, never more.
+pub(crate) fn settlement(
     quota: &Quota,
-    tat: u64,
     now: u64,
+    tat: u64,
     reserved: u64,
     actual: u64,
     receipt: u64,
-) -> Option<u64> {
+    shifts: Shifts,
+) -> Settlement {
     if actual > reserved {
-        Some(
-            tat.max(now)
-                .saturating_add(quota.increment(actual - reserved)),
-        )
-    } else if actual < reserved && tat == receipt {
-        let back = quota.increment(reserved) - quota.increment(actual);
-        Some(tat.saturating_sub(back))
-    } else {
-        None
+        return Settlement::Charge(quota.increment(actual - reserved));
     }
+    if actual == reserved {
+        return Settlement::None;
+    }
+    let back = quota.increment(reserved) - quota.increment(actual);
+    let ahead = tat.saturating_sub(now);
+    let end = receipt.saturating_sub(shifts.shifted);
+    let (shift, moves_others) = if end >= tat {
+        // On top: nothing sits above it.
+        (back.min(ahead), false)
+    } else {
+        let fixed = now.max(shifts.promised);
+        (back.min(ahead).min(end.saturating_sub(fixed)), true)
+    };
+    if shift == 0 {
+        Settlement::None
+    } else {
+        Settlement::Refund {
+            shift,
+            moves_others,
+        }
+    }
+}
+
+/// The receipt of a reservation that left `new_tat` behind on a schedule
+/// refunds had moved by `shifted` (see [`settlement`]).
+pub(crate) fn receipt(new_tat: u64, shifted: u64) -> Receipt {
+    Receipt::new(new_tat.saturating_add(shifted))
 }
 
 /// A fixed base instant and the nanoseconds since it.
@@ -182,6 +246,17 @@ pub struct GcraStore {
     quota: Quota,
     clock: Clock,
     tat: AtomicU64,
+    /// [`Shifts::shifted`]: written after `tat`, by one refund at a time
+    /// (`refunding`); reservers read it before their update, so a refund
+    /// racing with them can only make their receipts refund less.
+    shifted: AtomicU64,
+    /// [`Shifts::promised`]: raised by a waiting reservation before its
+    /// update, so a refund that sees the reservation sees its promise.
+    promised: AtomicU64,
+    /// Serialises refunds: each reads `shifted`, moves `tat` and adds to
+    /// `shifted`, and a second refund must see the first one's addition.
+    /// Reservations never take it.
+    refunding: Mutex<()>,
 }
 
 impl GcraStore {
@@ -191,6 +266,9 @@ impl GcraStore {
             quota,
             clock: Clock::new(),
             tat: AtomicU64::new(0),
+            shifted: AtomicU64::new(0),
+            promised: AtomicU64::new(0),
+            refunding: Mutex::new(()),
         }
     }
 
@@ -217,12 +295,17 @@ impl GcraStore {
 
     pub(crate) fn try_reserve(&self, cost: u64, max_wait: Option<Duration>) -> Decision {
         let now = self.clock.now();
+        // Before the update: see `shifted`.
+        let shifted = self.shifted.load(Ordering::Acquire);
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let (new_tat, wait) = match step(&self.quota, tat, now, cost, max_wait) {
                 Ok(ok) => ok,
                 Err(retry_after) => return Decision::Reject { retry_after },
             };
+            if wait > 0 {
+                self.promised.fetch_max(now + wait, Ordering::AcqRel);
+            }
             match self
                 .tat
                 .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
@@ -230,7 +313,7 @@ impl GcraStore {
                 Ok(_) => {
                     return Decision::Admit {
                         after: Duration::from_nanos(wait),
-                        receipt: Receipt::new(new_tat),
+                        receipt: receipt(new_tat, shifted),
                     };
                 }
                 Err(actual) => tat = actual,
@@ -253,10 +336,60 @@ impl RateStore for GcraStore {
 
     fn settle(&self, _key: &(), reserved: u64, actual: u64, receipt: Receipt) {
         let now = self.clock.now();
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                settled_tat(&self.quota, tat, now, reserved, actual, receipt.get())
-            });
+        if actual > reserved {
+            let inc = self.quota.increment(actual - reserved);
+            let _ = self
+                .tat
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                    Some(tat.max(now).saturating_add(inc))
+                });
+            return;
+        }
+        if actual == reserved {
+            return;
+        }
+        // A poisoned lock guards nothing but the order of refunds.
+        let _one_at_a_time = self
+            .refunding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let shifted = self.shifted.load(Ordering::Acquire);
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            // After loading `tat`: a waiter it holds has raised this.
+            let shifts = Shifts {
+                shifted,
+                promised: self.promised.load(Ordering::Acquire),
+            };
+            let Settlement::Refund {
+                shift,
+                moves_others,
+            } = settlement(
+                &self.quota,
+                now,
+                tat,
+                reserved,
+                actual,
+                receipt.get(),
+                shifts,
+            )
+            else {
+                return;
+            };
+            match self.tat.compare_exchange_weak(
+                tat,
+                tat - shift,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if moves_others {
+                        self.shifted.fetch_add(shift, Ordering::AcqRel);
+                    }
+                    return;
+                }
+                Err(actual) => tat = actual,
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::time::Duration;
 
-use crate::gcra::{Clock, Quota, settled_tat, step};
+use crate::gcra::{Clock, Quota, Settlement, Shifts, receipt, settlement, step};
 use crate::store::{Decision, RateStore, Receipt, StoreError};
 
 /// Fewer keys than this live in one shard.
@@ -42,10 +42,22 @@ pub struct KeyedGcraStore<K> {
 }
 
 struct Shard<K> {
-    tats: HashMap<K, u64>,
+    tats: HashMap<K, Schedule>,
     /// No key of this shard turns idle before this time (set by a scan that
     /// found none).
     no_idle_before: u64,
+    /// The largest `shifted` of any key evicted from this shard; a new key
+    /// starts there, so a receipt from a key's earlier life can never refund
+    /// time on its new one.
+    shifted_floor: u64,
+}
+
+/// One key's GCRA state: the theoretical arrival time, and what refunds need
+/// besides (see `gcra::settlement`).
+#[derive(Clone, Copy, Debug)]
+struct Schedule {
+    tat: u64,
+    shifts: Shifts,
 }
 
 impl<K: Hash + Eq> KeyedGcraStore<K> {
@@ -63,6 +75,7 @@ impl<K: Hash + Eq> KeyedGcraStore<K> {
                 Mutex::new(Shard {
                     tats: HashMap::new(),
                     no_idle_before: 0,
+                    shifted_floor: 0,
                 })
             })
             .collect();
@@ -111,11 +124,14 @@ impl<K: Hash + Eq> KeyedGcraStore<K> {
         let now = self.clock.now();
         let mut shard = lock(self.shard(key));
         // A known key: updated in place, never rejected for room, no clone.
-        if let Some(tat) = shard.tats.get_mut(key) {
-            return match step(&self.quota, *tat, now, cost, max_wait) {
+        if let Some(state) = shard.tats.get_mut(key) {
+            return match step(&self.quota, state.tat, now, cost, max_wait) {
                 Ok((new_tat, wait)) => {
-                    *tat = new_tat;
-                    admit(new_tat, wait)
+                    state.tat = new_tat;
+                    if wait > 0 {
+                        state.shifts.promised = state.shifts.promised.max(now + wait);
+                    }
+                    admit(new_tat, state.shifts.shifted, wait)
                 }
                 Err(retry_after) => Decision::Reject { retry_after },
             };
@@ -129,18 +145,28 @@ impl<K: Hash + Eq> KeyedGcraStore<K> {
         }
         match step(&self.quota, 0, now, cost, max_wait) {
             Ok((new_tat, wait)) => {
-                shard.tats.insert(key.clone(), new_tat);
-                admit(new_tat, wait)
+                let shifts = Shifts {
+                    shifted: shard.shifted_floor,
+                    promised: if wait > 0 { now + wait } else { 0 },
+                };
+                shard.tats.insert(
+                    key.clone(),
+                    Schedule {
+                        tat: new_tat,
+                        shifts,
+                    },
+                );
+                admit(new_tat, shifts.shifted, wait)
             }
             Err(retry_after) => Decision::Reject { retry_after },
         }
     }
 }
 
-fn admit(new_tat: u64, wait: u64) -> Decision {
+fn admit(new_tat: u64, shifted: u64, wait: u64) -> Decision {
     Decision::Admit {
         after: Duration::from_nanos(wait),
-        receipt: Receipt::new(new_tat),
+        receipt: receipt(new_tat, shifted),
     }
 }
 
@@ -151,11 +177,19 @@ impl<K: Hash + Eq> Shard<K> {
         if now < self.no_idle_before {
             return Err(self.no_idle_before);
         }
-        self.tats.retain(|_, tat| *tat > now);
+        let mut floor = self.shifted_floor;
+        self.tats.retain(|_, state| {
+            let busy = state.tat > now;
+            if !busy {
+                floor = floor.max(state.shifts.shifted);
+            }
+            busy
+        });
+        self.shifted_floor = floor;
         if self.tats.len() < cap {
             return Ok(());
         }
-        let first = self.tats.values().copied().min().unwrap_or(now);
+        let first = self.tats.values().map(|s| s.tat).min().unwrap_or(now);
         self.no_idle_before = first;
         Err(first)
     }
@@ -188,15 +222,29 @@ where
         let shard = &mut *guard;
         // An evicted key was idle: a refund would change nothing, and a
         // charge is dropped rather than growing the map past its bound.
-        if let Some(tat) = shard.tats.get_mut(key) {
-            if let Some(new) = settled_tat(&self.quota, *tat, now, reserved, actual, receipt.get())
-            {
-                if new < *tat {
-                    // A refund may make this key idle sooner than a scan
-                    // thought.
+        if let Some(state) = shard.tats.get_mut(key) {
+            match settlement(
+                &self.quota,
+                now,
+                state.tat,
+                reserved,
+                actual,
+                receipt.get(),
+                state.shifts,
+            ) {
+                Settlement::None => {}
+                Settlement::Charge(inc) => state.tat = state.tat.max(now).saturating_add(inc),
+                Settlement::Refund {
+                    shift,
+                    moves_others,
+                } => {
+                    state.tat -= shift;
+                    if moves_others {
+                        state.shifts.shifted += shift;
+                    }
+                    // This key may turn idle sooner than a scan thought.
                     shard.no_idle_before = 0;
                 }
-                *tat = new;
             }
         }
     }

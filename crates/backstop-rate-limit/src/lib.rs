@@ -114,13 +114,18 @@
 //! settles, the reserved cost stands.
 //!
 //! Refunds (settle below the reservation, a dropped waiter, an inner
-//! `Overloaded`) are exact when nothing was reserved after the refunded
-//! reservation, which covers an idle or lightly used limiter and waiters
-//! dropped newest first. Otherwise the in-process stores keep the cost: the
-//! later reservation's conforming instant is already fixed, and handing the
-//! refunded units to a new request would schedule it alongside the later one,
-//! breaking the burst bound. The limiter errs towards admitting less.
-//! Charges always apply.
+//! `Overloaded`) give back the part of the reservation that still lies ahead:
+//! a reservation occupies a stretch of the limiter's schedule, and the refund
+//! frees as much of it as has not yet passed, moving every later reservation
+//! up to fill the gap. So refunds stay exact under load, whatever was reserved
+//! after them, and a refund that comes after its reservation's stretch has
+//! passed gives nothing back (that time is spent either way: handing it to a
+//! new request would admit it alongside requests that already conformed and
+//! break the burst bound). With the default burst of a tokens-per-minute
+//! limit (a full minute), a request refunds in full whenever it settles
+//! within a minute of a busy limiter's schedule. The bound
+//! `rate × window + burst` holds for settled costs, and a proptest checks
+//! it. Charges always apply.
 //!
 //! # Stores
 //!
@@ -151,7 +156,7 @@
 //! # Cancellation
 //!
 //! Dropping the response future before the inner `call()` gives the
-//! reservation back (see above for when a refund is exact) and leaves the
+//! reservation back (as much of it as lies ahead, see above) and leaves the
 //! admission ticket. A future dropped before its first poll reserved nothing.
 //! When the inner service answers an error that is (or wraps) `Overloaded`,
 //! the reservation is given back too: the upstream did not take the request.

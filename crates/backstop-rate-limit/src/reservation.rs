@@ -39,10 +39,9 @@ impl<St: RateStore> Drop for CancelOnDrop<St> {
 /// reservation back. Only the first settle counts (clones share that). If
 /// nobody settles, the reserved cost stands.
 ///
-/// A refund is exact when nothing was reserved after this reservation;
-/// otherwise the in-process stores keep the cost, because handing it to a
-/// later request would schedule that request alongside ones already waiting
-/// and let the limiter exceed its burst (see the [crate docs](crate)).
+/// A refund gives back the part of the reservation that still lies ahead in
+/// the limiter's schedule, whatever was reserved after it; time that has
+/// already passed is spent (see the [crate docs](crate)).
 ///
 /// Cheap to clone (one `Arc`). Reach it through
 /// [`RateLimitLayer::attach_reservation`](crate::RateLimitLayer::attach_reservation),

@@ -75,9 +75,9 @@ pub enum Decision {
 
 /// A store's opaque token for one reservation.
 ///
-/// The in-process stores put the reservation's theoretical arrival time
-/// there (nanoseconds from the store's own base), which tells them whether
-/// anything was reserved after it.
+/// The in-process stores put there where the reservation ends in their
+/// schedule (nanoseconds from the store's own base) plus how far refunds had
+/// moved the schedule by then, which bounds how much a refund may give back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Receipt(u64);
 

@@ -207,30 +207,38 @@ mod prop {
         Reserve(u64, u64),
         /// Drop the n-th still-waiting reservation (modulo their number).
         Drop(usize),
+        /// Settle the n-th unsettled reservation (waiting or not) to this
+        /// share of its cost, in eighths (0: refunded in full).
+        Settle(usize, u64),
     }
 
     fn op(burst: u64) -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0..3_000_000u64, 1..=burst).prop_map(|(d, c)| Op::Reserve(d, c)),
+            3 => (0..1_500_000u64, 1..=burst).prop_map(|(d, c)| Op::Reserve(d, c)),
             1 => any::<usize>().prop_map(Op::Drop),
+            1 => (any::<usize>(), 0..8u64).prop_map(|(n, eighths)| Op::Settle(n, eighths)),
         ]
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
+        #![proptest_config(ProptestConfig::with_cases(300))]
 
-        /// The store alone, at nanosecond arrivals, with waiters dropped in
-        /// any order: what is admitted never exceeds rate × window + burst.
+        /// The store alone, at nanosecond arrivals, with waiters dropped and
+        /// reservations refunded in part or in full in any order: what is
+        /// admitted, counted at its settled cost, never exceeds
+        /// rate × window + burst.
         #[test]
-        fn gcra_bound_holds_with_arbitrary_drops(
-            (burst, ops) in (1..8u64).prop_flat_map(|b| (Just(b), proptest::collection::vec(op(b), 1..80)))
+        fn gcra_bound_holds_with_arbitrary_drops_and_refunds(
+            (burst, ops) in (1..12u64).prop_flat_map(|b| (Just(b), proptest::collection::vec(op(b), 1..120)))
         ) {
             let rt = backstop_test_util::paused_runtime();
             rt.block_on(async move {
                 // 1 unit per ms.
                 let quota = Quota::new(1000, Duration::from_secs(1), burst).unwrap();
                 let store = GcraStore::new(quota);
-                // (cost, admitted at, receipt, dropped)
+                // Every reservation: (cost it counts at, admitted at,
+                // receipt, still open to a drop or a settle). A dropped one
+                // counts at 0, a settled one at its settled cost.
                 let mut all: Vec<(u64, Instant, Receipt, bool)> = Vec::new();
                 for op in ops {
                     match op {
@@ -238,7 +246,7 @@ mod prop {
                             advance(Duration::from_nanos(d)).await;
                             match store.reserve(&(), cost, None).await.unwrap() {
                                 Decision::Admit { after, receipt } => {
-                                    all.push((cost, Instant::now() + after, receipt, false));
+                                    all.push((cost, Instant::now() + after, receipt, true));
                                 }
                                 d @ Decision::Reject { .. } => panic!("{d:?}"),
                             }
@@ -246,18 +254,29 @@ mod prop {
                         Op::Drop(n) => {
                             let now = Instant::now();
                             let waiting: Vec<usize> = (0..all.len())
-                                .filter(|&i| !all[i].3 && all[i].1 > now)
+                                .filter(|&i| all[i].3 && all[i].1 > now)
                                 .collect();
                             if !waiting.is_empty() {
-                                let i = waiting[n % waiting.len()];
-                                all[i].3 = true;
-                                store.cancel(&(), all[i].0, all[i].2);
+                                let e = &mut all[waiting[n % waiting.len()]];
+                                store.cancel(&(), e.0, e.2);
+                                e.0 = 0;
+                                e.3 = false;
+                            }
+                        }
+                        Op::Settle(n, eighths) => {
+                            let open: Vec<usize> = (0..all.len()).filter(|&i| all[i].3).collect();
+                            if !open.is_empty() {
+                                let e = &mut all[open[n % open.len()]];
+                                let actual = e.0 * eighths / 8;
+                                store.settle(&(), e.0, actual, e.2);
+                                e.0 = actual;
+                                e.3 = false;
                             }
                         }
                     }
                 }
                 let mut events: Vec<(u64, Instant)> =
-                    all.iter().filter(|e| !e.3).map(|e| (e.0, e.1)).collect();
+                    all.iter().filter(|e| e.0 > 0).map(|e| (e.0, e.1)).collect();
                 events.sort_by_key(|e| e.1);
                 assert_upper_bound(&events, MS, burst);
             });
@@ -778,13 +797,101 @@ async fn settle_refunds_and_charges_the_difference() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_refund_under_a_later_reservation_is_kept() {
+async fn a_refund_under_a_later_reservation_is_exact() {
     let mut svc = settling();
+    // 10 per second, burst 10: two reservations of 5 fill the bucket.
     let r = svc.call(5).await.unwrap().unwrap();
     let _later = svc.call(5).await.unwrap().unwrap();
-    r.refund();
-    // Refunding would let a new request overlap the later one.
     assert_eq!(svc.store().wait_for(1), 100 * MS);
+    // The earlier one used 2: 3 units come back although the later
+    // reservation sits above it.
+    assert!(r.settle(2));
+    assert_eq!(svc.store().wait_for(3), Duration::ZERO);
+    assert_eq!(svc.store().wait_for(4), 100 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refund_gives_back_only_what_has_not_passed() {
+    let mut svc = settling();
+    // 8 units: the schedule's stretch for them ends 800 ms from now.
+    let r = svc.call(8).await.unwrap().unwrap();
+    advance(600 * MS).await;
+    // Saturate again: 8 more units fill the bucket up to 1.8 s.
+    let _later = svc.call(8).await.unwrap().unwrap();
+    assert_eq!(svc.store().wait_for(1), 100 * MS);
+    // The first used nothing, but 600 ms of its 800 ms have passed: only
+    // 200 ms (2 units) are still ahead, and only those come back.
+    assert!(r.refund());
+    assert_eq!(svc.store().wait_for(2), Duration::ZERO);
+    assert_eq!(svc.store().wait_for(3), 100 * MS);
+
+    // A refund after its whole stretch passed gives nothing back.
+    advance(Duration::from_secs(5)).await;
+    let r = svc.call(4).await.unwrap().unwrap();
+    advance(500 * MS).await;
+    let _later = svc.call(10).await.unwrap().unwrap();
+    r.refund();
+    assert_eq!(svc.store().wait_for(1), 100 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refunds_stay_exact_across_many_settles_under_load() {
+    // A tokens-per-minute limiter fed estimates four times the true cost:
+    // with refunds that hold under load it admits about four times as many
+    // requests as without.
+    let store = GcraStore::new(Quota::new(6000, Duration::from_secs(60), 6000).unwrap());
+    let mut admitted = 0u64;
+    // (settles at, receipt), oldest first.
+    let mut outstanding = std::collections::VecDeque::<(Instant, Receipt)>::new();
+    let start = Instant::now();
+    while Instant::now() < start + Duration::from_secs(600) {
+        // Each request settles two seconds after it was admitted, at 100
+        // units.
+        while outstanding.front().is_some_and(|o| o.0 <= Instant::now()) {
+            let (_, receipt) = outstanding.pop_front().unwrap();
+            store.settle(&(), 400, 100, receipt);
+        }
+        if let Decision::Admit { receipt, .. } =
+            store.reserve(&(), 400, Some(Duration::ZERO)).await.unwrap()
+        {
+            admitted += 1;
+            outstanding.push_back((Instant::now() + Duration::from_secs(2), receipt));
+        }
+        advance(100 * MS).await;
+    }
+    // 600 s at 100 units per second, plus the burst: 66,000 units. Settled
+    // at 100 each, that is about 660 requests; without refunds under load it
+    // would be 165.
+    let consumed = (admitted - outstanding.len() as u64) * 100 + outstanding.len() as u64 * 400;
+    assert!(consumed <= 6000 * 10 + 6000, "{consumed} units consumed");
+    assert!(admitted >= 600, "only {admitted} requests admitted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_refunds_are_exact_per_key_and_die_with_the_key() {
+    let quota = Quota::new(10, Duration::from_secs(1), 10).unwrap();
+    let store = KeyedGcraStore::new(quota, 1);
+    let admit = |d: Decision| match d {
+        Decision::Admit { receipt, .. } => receipt,
+        d @ Decision::Reject { .. } => panic!("{d:?}"),
+    };
+    let first = admit(store.reserve(&"a", 5, None).await.unwrap());
+    let _later = admit(store.reserve(&"a", 5, None).await.unwrap());
+    store.settle(&"a", 5, 0, first);
+    // 5 units back under the later reservation.
+    let again = admit(store.reserve(&"a", 5, Some(Duration::ZERO)).await.unwrap());
+    // The key idles and is evicted by another; a receipt from its earlier
+    // life refunds nothing on its new one.
+    advance(Duration::from_secs(2)).await;
+    admit(store.reserve(&"b", 1, None).await.unwrap());
+    assert!(!store.contains(&"a"));
+    advance(Duration::from_secs(1)).await;
+    admit(store.reserve(&"a", 10, None).await.unwrap());
+    store.settle(&"a", 5, 0, again);
+    assert!(matches!(
+        store.reserve(&"a", 1, Some(Duration::ZERO)).await.unwrap(),
+        Decision::Reject { .. }
+    ));
 }
 
 #[cfg(feature = "http")]
