@@ -3,29 +3,25 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use backstop_core::{AdmissionTicket, BoxError, OverloadReason, Overloaded, Scoped, find};
+use backstop_core::BoxError;
 use pin_project_lite::pin_project;
-
-use crate::layer::Shared;
 
 pin_project! {
     /// The response future of [`QueueAdmission`](crate::QueueAdmission).
     ///
     /// Either refused (`Overloaded(QueueFull)`, ready on the first poll) or
-    /// admitted to the queue: it then polls the inner future with the
-    /// admission ticket in the request context, and counts
-    /// `Overloaded(WaitExceeded)` errors coming out of it.
+    /// admitted to the queue: it is then the inner future, errors boxed. The
+    /// queue slot is not here: it moved with the admission ticket into the
+    /// first limiter inside, or was freed when the inner `call()` returned.
     ///
     /// # Cancellation
     ///
-    /// Dropping the future at any point frees the queue slot if it was not
-    /// freed yet (the inner limiters' holds no longer matter: the slot is
-    /// freed exactly once). Dropping it after the request was admitted changes
-    /// nothing in the queue. The inner future is dropped with the ticket's
-    /// context in scope.
+    /// Dropping the future drops the inner future, and with it the limiter
+    /// that holds the ticket, if one still waits: the slot is freed then,
+    /// exactly once. Dropping it after the request was admitted changes
+    /// nothing in the queue.
     ///
     /// See the [crate docs](crate) for an example.
     pub struct ResponseFuture<F> {
@@ -39,9 +35,7 @@ pin_project! {
     enum Kind<F> {
         Admitted {
             #[pin]
-            future: Scoped<F>,
-            slot: Option<SlotGuard>,
-            shared: Arc<Shared>,
+            future: F,
         },
         Rejected {
             error: Option<BoxError>,
@@ -49,29 +43,12 @@ pin_project! {
     }
 }
 
-/// Frees the queue slot (once, whoever else holds the ticket) when dropped.
-struct SlotGuard(AdmissionTicket);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
 // === impl ResponseFuture ===
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn admitted(
-        future: Scoped<F>,
-        ticket: AdmissionTicket,
-        shared: Arc<Shared>,
-    ) -> Self {
+    pub(crate) fn admitted(future: F) -> Self {
         Self {
-            kind: Kind::Admitted {
-                future,
-                slot: Some(SlotGuard(ticket)),
-                shared,
-            },
+            kind: Kind::Admitted { future },
         }
     }
 
@@ -89,29 +66,10 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Admitted {
-                future,
-                slot,
-                shared,
-            } => {
-                let out = match future.poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(out) => out,
-                };
-                // Done: the slot is freed now if no limiter freed it yet.
-                drop(slot.take());
-                Poll::Ready(out.map_err(|e| {
-                    let e: BoxError = e.into();
-                    if find::<Overloaded>(&*e)
-                        .is_some_and(|o| o.reason() == OverloadReason::WaitExceeded)
-                    {
-                        shared.count_wait_timeout();
-                    }
-                    e
-                }))
-            }
+            KindProj::Admitted { future } => future.poll(cx).map_err(Into::into),
             KindProj::Rejected { error } => match error.take() {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Ready(Err("`QueueAdmission` future polled after completion".into())),
@@ -123,13 +81,7 @@ where
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.kind {
-            Kind::Admitted { slot, .. } => {
-                if slot.as_ref().is_some_and(|s| !s.0.is_released()) {
-                    "waiting"
-                } else {
-                    "admitted"
-                }
-            }
+            Kind::Admitted { .. } => "admitted",
             Kind::Rejected { .. } => "rejected",
         };
         f.debug_struct("ResponseFuture")

@@ -60,7 +60,6 @@ pub(crate) struct Shared {
     pub(crate) slots: Arc<QueueSlots>,
     pub(crate) max_wait: Duration,
     pub(crate) retry_after: Duration,
-    wait_timeouts: AtomicU64,
     rejected: AtomicU64,
     metrics: Metrics,
 }
@@ -68,15 +67,6 @@ pub(crate) struct Shared {
 // === impl Shared ===
 
 impl Shared {
-    pub(crate) fn count_wait_timeout(&self) {
-        self.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-        self.metrics.wait_timeout();
-        debug_event!(
-            max_wait_ms = self.max_wait.as_millis() as u64,
-            "admission wait exceeded"
-        );
-    }
-
     pub(crate) fn count_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         self.metrics.rejected();
@@ -149,12 +139,26 @@ impl QueueAdmissionLayer {
     }
 
     fn from_valid(max_waiting: usize, max_wait: Duration, retry_after: Duration) -> Self {
+        // A limiter inside counts its `WaitExceeded` on the ticket's queue
+        // (this layer's future never sees the slot again): the hook turns
+        // that into this layer's metric and event.
+        let metrics = Metrics::resolve();
+        let on_wait_exceeded = move || {
+            metrics.wait_timeout();
+            debug_event!(
+                max_wait_ms = max_wait.as_millis() as u64,
+                "admission wait exceeded"
+            );
+        };
         Self {
             shared: Arc::new(Shared {
-                slots: QueueSlots::new(max_waiting),
+                slots: QueueSlots::with_wait_exceeded_hook(
+                    max_waiting,
+                    retry_after,
+                    on_wait_exceeded,
+                ),
                 max_wait,
                 retry_after,
-                wait_timeouts: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 metrics: Metrics::resolve(),
             }),
@@ -229,7 +233,7 @@ impl QueueHandle {
     /// Requests that failed with `Overloaded(WaitExceeded)` from a limiter
     /// inside this layer, since the layer was built.
     pub fn wait_timeouts(&self) -> u64 {
-        self.shared.wait_timeouts.load(Ordering::Relaxed)
+        self.shared.slots.wait_timeouts()
     }
 
     /// Requests refused with `Overloaded(QueueFull)`, since the layer was

@@ -4,8 +4,8 @@
 //! concurrency limit) and bounds two things: how many requests may wait for
 //! admission at once (`max_waiting`, default 80) and how long each may wait
 //! (`max_wait`, default 5 s). It does not wait itself: the limiters inside
-//! wait in their response futures, bounded by the admission deadline it
-//! publishes through the request [`Context`](backstop_core::Context). Once the
+//! wait in their response futures, bounded by the admission deadline of the
+//! ticket it hands them. Once the
 //! last limiter admits a request, the request leaves the queue and its call is
 //! bounded by nothing here (use an attempt timeout or an SLA timeout for that).
 //!
@@ -41,31 +41,35 @@
 //!
 //! In `call`, [`QueueAdmission`] takes a queue slot. If all `max_waiting`
 //! slots are taken, the future fails on its first poll with
-//! `Overloaded(QueueFull)` and the inner service is not called. Otherwise it
-//! issues an [`AdmissionTicket`](backstop_core::AdmissionTicket) whose
-//! deadline is `min(now + max_wait, SLA deadline)`, publishes it in the
-//! context around the inner `call()` and around every poll of the inner
-//! future, and keeps one hold on it until its own inner `call()` returns.
+//! `Overloaded(QueueFull)` and the inner service is not called. Otherwise the
+//! slot becomes an [`AdmissionTicket`](backstop_core::AdmissionTicket) whose
+//! deadline is `min(now + max_wait, SLA deadline)`, offered to the limiters
+//! inside for the length of the inner `call()`.
 //! `poll_ready` is the inner service's: the backstop limiters are always
 //! ready (they wait in their futures); a limiter that waits in `poll_ready`
 //! instead (tower's own) would wait there unbounded and uncounted.
 //!
 //! ## The ticket protocol
 //!
-//! A ticket-aware limiter (`backstop-rate-limit`, `backstop-concurrency`)
-//! calls `enter()` on the ticket synchronously in its `call()`, waits in its
-//! future, and drops that hold right after its own inner `call()` returns.
-//! Because each limiter enters before the layer outside it leaves, the number
-//! of holds never dips to zero while some limiter still waits. The slot is
-//! freed exactly once: when the last hold is dropped (the last limiter
-//! admitted the request), or when this layer's future completes or is
-//! dropped, whichever comes first. So `max_waiting` counts each request once,
-//! from entering admission until the last limiter admits it, however many
-//! limiters are composed and in whatever order. With no ticket-aware limiter
-//! inside, a request leaves the queue as soon as the inner `call()` returns.
+//! The ticket *is* the slot, held by one owner at a time and moved inward. A
+//! ticket-aware limiter (`backstop-rate-limit`, `backstop-concurrency`)
+//! takes the offered ticket synchronously in its `call()`, keeps it in its
+//! future while it waits, and offers it on around its own inner `call()`
+//! once it admits the request; a limiter inside takes it in turn. Whoever
+//! holds it when nobody inside takes it frees the slot by dropping it: right
+//! after the last limiter's inner `call()`, or right after this layer's inner
+//! `call()` if no ticket-aware limiter sits inside. A dropped future drops
+//! the ticket it holds. So the slot is freed exactly once, and `max_waiting`
+//! counts each request once, from entering admission until the last limiter
+//! admits it, however many limiters are composed and in whatever order
+//! (limiters run one inside the other, so at most one waits at a time).
 //!
-//! Only the waiting limiter enforces the admission deadline; this layer counts
-//! the `Overloaded(WaitExceeded)` errors coming out of its inner future
+//! The offer lasts for the inner `call()` only: a limiter that some layer in
+//! between calls later (from a poll) sees no ticket, waits bounded by the SLA
+//! deadline alone and is not counted here.
+//!
+//! Only the waiting limiter enforces the admission deadline; it counts each
+//! `Overloaded(WaitExceeded)` on the ticket's queue, which this layer reports
 //! ([`QueueHandle::wait_timeouts`]). When the SLA deadline is at or before
 //! `now + max_wait`, the ticket's deadline *is* the SLA deadline and a wait
 //! that reaches it fails with `SlaExpired` (504), never `WaitExceeded`. A
@@ -84,14 +88,16 @@
 //! |---|---|---|---|
 //! | [`Overloaded`] (`QueueFull`) with `retry_after` | over `max_waiting`, at once | `Overloaded` | 429 |
 //!
-//! and counts `Overloaded` (`WaitExceeded`, with `retry_after`) and
-//! [`SlaExpired`](backstop_core::SlaExpired) produced by the limiters inside.
-//! Inner errors pass through unchanged (boxed).
+//! and counts each `Overloaded` (`WaitExceeded`, with `retry_after`) that a
+//! limiter inside produces on its ticket; a wait that reaches an admission
+//! deadline equal to the SLA deadline is
+//! [`SlaExpired`](backstop_core::SlaExpired) instead, uncounted. Inner errors
+//! pass through unchanged (boxed).
 //!
 //! # Cancellation
 //!
-//! Dropping the response future frees the queue slot if it was not freed yet,
-//! exactly once, whatever the limiters inside still hold. See
+//! Dropping the response future drops the limiter future inside that still
+//! holds the ticket, if any, which frees the queue slot, exactly once. See
 //! [`future::ResponseFuture`].
 //!
 //! # Clone and shared state
@@ -103,9 +109,11 @@
 //!
 //! # Allocation
 //!
-//! Per admitted request: one reference-counted ticket (DESIGN's documented
-//! exception); the context clone is reference counts. A refused request
-//! allocates its boxed error. No lock, no spawn.
+//! None per admitted request: the ticket is the slot counter's `Arc` and a
+//! deadline, moved by value; the fast path costs one compare-and-swap to take
+//! the slot, one subtraction to free it, and one reference-count increment
+//! and decrement. A refused request allocates its boxed error. No lock, no
+//! spawn.
 //!
 //! # Differences from tower
 //!

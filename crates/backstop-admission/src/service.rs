@@ -86,26 +86,19 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.shared;
-        let now = clock::now();
-        let ctx = Context::current();
-        let max_wait_at = now + shared.max_wait;
-        let (deadline, bound) = match ctx.sla_deadline() {
+        let max_wait_at = clock::now() + shared.max_wait;
+        let (deadline, bound) = match Context::with_current(Context::sla_deadline) {
             Some(sla) if sla <= max_wait_at => (sla, WaitBound::Sla),
             _ => (max_wait_at, WaitBound::MaxWait),
         };
-        let Some((ticket, hold)) = shared
-            .slots
-            .try_acquire(deadline, bound, shared.retry_after)
-        else {
+        let Some(ticket) = shared.slots.try_acquire(deadline, bound) else {
             shared.count_rejected();
             let err = Overloaded::new(OverloadReason::QueueFull, shared.retry_after);
             return ResponseFuture::rejected(err.into());
         };
-        let mut ctx = ctx.with_admission(ticket.clone());
-        let fut = ctx.sync_scope_in_place(|| self.inner.call(req));
-        // Our own hold ends here: from now on the limiters inside (if any)
-        // keep the slot, and the last of them to admit the request frees it.
-        drop(hold);
-        ResponseFuture::admitted(ctx.scope(fut), ticket, Arc::clone(shared))
+        // Offered to the limiters inside: the first takes it and hands it on,
+        // and the last to admit the request frees the slot. Untaken, it is
+        // freed when the inner call returns: the request leaves the queue.
+        ResponseFuture::admitted(ticket.offer(|| self.inner.call(req)))
     }
 }

@@ -9,7 +9,8 @@ use backstop_admission::{
 };
 use backstop_concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 use backstop_core::{
-    BoxError, Context, ErrorKind, OverloadReason, Overloaded, SlaExpired, WaitBound, classify,
+    AdmissionTicket, BoxError, Context, ErrorKind, OverloadReason, Overloaded, SlaExpired,
+    WaitBound, classify,
 };
 use static_assertions::assert_impl_all;
 use tokio::time::{Duration, Instant};
@@ -90,11 +91,9 @@ async fn over_max_waiting_fails_on_the_first_poll_without_calling_inner() {
     // A ticket-aware stand-in limiter that never admits.
     let mut svc = q.layer(service_fn(move |()| {
         seen.fetch_add(1, Ordering::SeqCst);
-        let hold = Context::current()
-            .admission()
-            .map(backstop_core::AdmissionTicket::enter);
+        let ticket = AdmissionTicket::take_offered();
         async move {
-            let _hold = hold;
+            let _ticket = ticket;
             std::future::pending::<Result<(), BoxError>>().await
         }
     }));
@@ -195,18 +194,33 @@ async fn admission_deadline_equal_to_sla_fails_as_sla_expired() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn ticket_in_context_carries_the_admission_deadline() {
+async fn the_ticket_offered_in_call_carries_the_admission_deadline() {
     let q = layer(4, 5_000);
-    let svc = q.layer(service_fn(|()| async {
-        let ctx = Context::current();
-        let t = ctx.admission().expect("a ticket");
-        Ok::<_, BoxError>((t.deadline(), t.wait_deadline().bound(), ctx.wait_deadline()))
+    let queue = q.queue();
+    let svc = q.layer(service_fn(|()| {
+        // Offered for the inner `call()` only, taken by value.
+        let t = AdmissionTicket::take_offered().expect("a ticket");
+        let seen = (
+            t.deadline(),
+            t.wait_deadline().bound(),
+            t.wait_deadline().retry_after(),
+        );
+        assert!(AdmissionTicket::take_offered().is_none(), "one holder");
+        async move {
+            // Polls see no offer: a limiter called later waits unbounded by
+            // this queue (and uncounted).
+            assert!(AdmissionTicket::offered_deadline().is_none());
+            drop(t);
+            Ok::<_, BoxError>(seen)
+        }
     }));
     let now = Instant::now();
-    let (at, bound, wd) = svc.clone().oneshot(()).await.unwrap();
+    let mut fut = task::spawn(svc.clone().oneshot(()));
+    let (at, bound, retry_after) = assert_ready_ok!(fut.poll());
     assert_eq!(at, now + Duration::from_secs(5));
     assert_eq!(bound, WaitBound::MaxWait);
-    assert_eq!(wd.unwrap().retry_after(), Duration::from_secs(3));
+    assert_eq!(retry_after, Duration::from_secs(3));
+    assert_eq!(queue.depth(), 0);
 
     let sla = now + Duration::from_secs(2);
     let (at, bound, _) = Context::new()

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
-use backstop_core::{BoxError, Context, Rescoped, TicketHold, WaitDeadline};
+use backstop_core::{AdmissionTicket, BoxError, Context, Rescoped, WaitDeadline};
 use pin_project_lite::pin_project;
 use tokio::time::{Duration, Instant, Sleep, sleep_until};
 use tower_service::Service;
@@ -42,12 +42,13 @@ pin_project! {
     ///
     /// - Dropped while queued: leaves the semaphore's wait list (a permit
     ///   assigned to it in the meantime goes to the next waiter), drops its
-    ///   timer and its admission-ticket hold. No other waiter is skipped.
+    ///   timer and its admission ticket (freeing the queue slot). No other
+    ///   waiter is skipped.
     /// - Dropped while waiting for the inner service's readiness: releases
-    ///   the permit and the ticket hold.
+    ///   the permit and the admission ticket.
     /// - Dropped after the inner call: releases the permit and drops the
-    ///   inner future (the ticket hold was already dropped right after the
-    ///   inner `call()` returned).
+    ///   inner future (the admission ticket was handed on, or dropped, at the
+    ///   inner `call()`).
     ///
     /// With [`ReleaseOnCompletion`] the permit is released when this future
     /// completes; with `ReleaseAtBodyEnd` it moves into the response body.
@@ -96,7 +97,8 @@ pin_project! {
         // Created (one allocation) only once this future must wait: no permit
         // free, or the inner service not ready with a deadline.
         slow: SlowSlot,
-        hold: Option<TicketHold>,
+        // The admission ticket, from `call` until the inner `call()`.
+        ticket: Option<AdmissionTicket>,
         // Whether the context captured at `call` is in scope when polled (so
         // the wait deadline is read from it); without one there is none.
         scoped: bool,
@@ -160,7 +162,7 @@ where
         service: S,
         request: Req,
         semaphore: Arc<Semaphore>,
-        hold: Option<TicketHold>,
+        ticket: Option<AdmissionTicket>,
     ) -> Self {
         let admit = Admit {
             state: State::Waiting {
@@ -169,7 +171,7 @@ where
             },
             permit: PermitSlot::Wanted(semaphore),
             slow: SlowSlot(None),
-            hold,
+            ticket,
             scoped: ctx.is_some(),
             _release: PhantomData,
         };
@@ -232,7 +234,14 @@ where
                         let waited = if this.slow.0.is_none() && semaphore.try_acquire() {
                             Duration::ZERO
                         } else {
-                            match poll_permit_slow(semaphore, &mut this.slow.0, *this.scoped, cx) {
+                            let ticket = this.ticket.as_ref();
+                            match poll_permit_slow(
+                                semaphore,
+                                &mut this.slow.0,
+                                ticket,
+                                *this.scoped,
+                                cx,
+                            ) {
                                 Poll::Ready(Ok(waited)) => waited,
                                 Poll::Ready(Err(e)) => return Poll::Ready(Err(this.fail(e))),
                                 Poll::Pending => return Poll::Pending,
@@ -249,7 +258,8 @@ where
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(this.fail(e.into()))),
                         Poll::Pending => {
-                            return match poll_deadline(&mut this.slow.0, *this.scoped, cx) {
+                            let ticket = this.ticket.as_ref();
+                            return match poll_deadline(&mut this.slow.0, ticket, *this.scoped, cx) {
                                 Poll::Ready(e) => Poll::Ready(Err(this.fail(e))),
                                 Poll::Pending => Poll::Pending,
                             };
@@ -258,12 +268,13 @@ where
                     let Some(request) = request.take() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let future = service.call(request);
-                    // Admitted here: leave the admission queue right after
-                    // the inner `call()` returned, and stop the timer.
-                    if this.hold.is_some() {
-                        *this.hold = None;
-                    }
+                    // Admitted here: the ticket goes on to the limiters
+                    // inside; if none takes it the request leaves the queue
+                    // right after the inner `call()`. Stop the timer.
+                    let future = match this.ticket.take() {
+                        Some(ticket) => ticket.offer(|| service.call(request)),
+                        None => service.call(request),
+                    };
                     this.slow.clear();
                     this.state.set(State::Called { future });
                 }
@@ -286,12 +297,12 @@ where
     S: Service<Req>,
 {
     /// Fails before the inner call: releases the permit, the wait-list
-    /// entry, the timer and the ticket hold.
+    /// entry, the timer and the admission ticket.
     #[cold]
     fn fail(&mut self, e: BoxError) -> BoxError {
         *self.permit = PermitSlot::Gone;
         self.slow.clear();
-        *self.hold = None;
+        *self.ticket = None;
         e
     }
 }
@@ -331,13 +342,22 @@ impl Slow {
     }
 }
 
-/// The wait deadline: the admission ticket's, else the SLA deadline, of the
+/// The wait deadline: the admission ticket's, else the SLA deadline of the
 /// context captured at `call` (in scope while `scoped`).
-fn wait_deadline(scoped: bool) -> Option<WaitDeadline> {
-    if scoped {
-        Context::try_current().and_then(|ctx| ctx.wait_deadline())
-    } else {
-        None
+fn wait_deadline(ticket: Option<&AdmissionTicket>, scoped: bool) -> Option<WaitDeadline> {
+    match ticket {
+        Some(ticket) => Some(ticket.wait_deadline()),
+        None if scoped => Context::with_current(Context::sla_deadline).map(WaitDeadline::sla),
+        None => None,
+    }
+}
+
+/// The error for a wait that reached `deadline`: counted on the ticket's
+/// queue when it is the ticket's.
+fn expired(ticket: Option<&AdmissionTicket>, deadline: &WaitDeadline) -> BoxError {
+    match ticket {
+        Some(ticket) => ticket.expired(),
+        None => deadline.expired(),
     }
 }
 
@@ -349,6 +369,7 @@ fn wait_deadline(scoped: bool) -> Option<WaitDeadline> {
 fn poll_permit_slow(
     semaphore: &Arc<Semaphore>,
     slow: &mut Option<Pin<Box<Slow>>>,
+    ticket: Option<&AdmissionTicket>,
     scoped: bool,
     cx: &mut TaskContext<'_>,
 ) -> Poll<Result<Duration, BoxError>> {
@@ -356,9 +377,9 @@ fn poll_permit_slow(
         Some(slow) => slow,
         None => {
             // Must wait. A deadline already reached fails without queueing.
-            let deadline = wait_deadline(scoped);
+            let deadline = wait_deadline(ticket, scoped);
             if let Some(deadline) = deadline.filter(|d| Instant::now() >= d.at()) {
-                return Poll::Ready(Err(deadline.expired()));
+                return Poll::Ready(Err(expired(ticket, &deadline)));
             }
             debug_event!("waiting for a concurrency permit");
             let slow = slow.insert(Slow::new(deadline));
@@ -387,7 +408,7 @@ fn poll_permit_slow(
         );
         return Poll::Ready(Ok(wait));
     }
-    poll_sleep(s.deadline.as_ref(), s.sleep.as_mut(), cx).map(Err)
+    poll_sleep(s.deadline.as_ref(), ticket, s.sleep.as_mut(), cx).map(Err)
 }
 
 /// Bounds waiting for the inner service's readiness by the wait deadline.
@@ -395,25 +416,27 @@ fn poll_permit_slow(
 #[inline(never)]
 fn poll_deadline(
     slow: &mut Option<Pin<Box<Slow>>>,
+    ticket: Option<&AdmissionTicket>,
     scoped: bool,
     cx: &mut TaskContext<'_>,
 ) -> Poll<BoxError> {
     let slow = match slow {
         Some(slow) => slow,
-        None => match wait_deadline(scoped) {
+        None => match wait_deadline(ticket, scoped) {
             // Allocate only when there is a deadline to arm.
             Some(deadline) => slow.insert(Slow::new(Some(deadline))),
             None => return Poll::Pending,
         },
     };
     let s = slow.as_mut().project();
-    poll_sleep(s.deadline.as_ref(), s.sleep, cx)
+    poll_sleep(s.deadline.as_ref(), ticket, s.sleep, cx)
 }
 
 /// Arms the timer on first use (or fails at once if the deadline has passed)
 /// and polls it. Pending forever without a deadline.
 fn poll_sleep(
     deadline: Option<&WaitDeadline>,
+    ticket: Option<&AdmissionTicket>,
     mut sleep: Pin<&mut Option<Sleep>>,
     cx: &mut TaskContext<'_>,
 ) -> Poll<BoxError> {
@@ -422,12 +445,12 @@ fn poll_sleep(
     };
     if sleep.is_none() {
         if Instant::now() >= deadline.at() {
-            return Poll::Ready(deadline.expired());
+            return Poll::Ready(expired(ticket, deadline));
         }
         sleep.set(Some(sleep_until(deadline.at())));
     }
     match sleep.as_pin_mut() {
-        Some(sleep) => sleep.poll(cx).map(|()| deadline.expired()),
+        Some(sleep) => sleep.poll(cx).map(|()| expired(ticket, deadline)),
         None => Poll::Pending,
     }
 }

@@ -29,8 +29,8 @@
 //! # Behaviour
 //!
 //! [`ConcurrencyLimit`] owns no permit and reserves nothing in `poll_ready`,
-//! which is always ready. Its `call` enters the request's admission ticket
-//! (if a `QueueAdmission` layer sits outside), clones the inner service and
+//! which is always ready. Its `call` takes the request's admission ticket
+//! (if a `QueueAdmission` layer outside offers one), clones the inner service and
 //! returns a [`future::ResponseFuture`] that:
 //!
 //! 1. takes a permit at once if one is free and nobody waits (one
@@ -41,8 +41,9 @@
 //!    without waiting (a `max_wait` of 0 never waits).
 //! 2. drives `ready()` and `call()` on its own clone of the inner service
 //!    (bounded by the same deadline while not ready), with the request
-//!    context captured at `call` time in scope; it leaves the admission queue
-//!    right after the inner `call()` returns.
+//!    context captured at `call` time in scope, and the admission ticket
+//!    offered on to the limiters inside: if none takes it, the request leaves
+//!    the admission queue right after the inner `call()` returns.
 //! 3. polls the inner future to completion, holding the permit. The wait
 //!    deadline never bounds the call itself.
 //!
@@ -74,7 +75,7 @@
 //!
 //! Dropping a response future at any point (queued, waiting for readiness,
 //! calling) releases what it holds: its place in the wait list, the permit,
-//! the timer and its hold on the admission ticket; no other waiter is
+//! the timer and its admission ticket (freeing the queue slot); no other waiter is
 //! skipped. Dropping a [`body::ResponseBody`] releases its permit.
 //!
 //! # Clone and shared state

@@ -1,4 +1,4 @@
-//! `ConcurrencyLimit<S, R>`: enters the admission ticket in `call`; the future
+//! `ConcurrencyLimit<S, R>`: takes the admission ticket in `call`; the future
 //! waits for a permit.
 
 use std::fmt;
@@ -101,13 +101,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        // Take the admission ticket now, synchronously: the request stays
+        // counted as waiting while this limiter waits.
+        let ticket = AdmissionTicket::take_offered();
         let ctx = Context::try_current();
-        // Enter the ticket now, synchronously, so the queue slot stays taken
-        // while this limiter waits, even after the layer outside us leaves.
-        let hold = ctx
-            .as_ref()
-            .and_then(Context::admission)
-            .map(AdmissionTicket::enter);
         // The clone goes back into `self`; the future drives the service that
         // was here (tower's `Buffer`/`Retry` idiom).
         let clone = self.inner.clone();
@@ -115,7 +112,7 @@ where
         if tracing::enabled!(tracing::Level::DEBUG) {
             acquiring(&self.semaphore);
         }
-        ResponseFuture::new(ctx, inner, req, Arc::clone(&self.semaphore), hold)
+        ResponseFuture::new(ctx, inner, req, Arc::clone(&self.semaphore), ticket)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use backstop_concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer, future::ResponseFuture};
 use backstop_core::{
     AdmissionTicket, BoxError, Context, ErrorKind, OverloadReason, Overloaded, QueueSlots,
-    SlaExpired, TicketHold, WaitBound, classify,
+    SlaExpired, WaitBound, classify,
 };
 use static_assertions::assert_impl_all;
 use tokio::time::{Duration, Instant};
@@ -28,10 +28,21 @@ fn limited(max: usize) -> (ConcurrencyLimit<Mock>, Handle, ConcurrencyLimitLayer
     (layer.layer(mock), handle, layer)
 }
 
-fn ticket(slots: &Arc<QueueSlots>, at: Instant, bound: WaitBound) -> (AdmissionTicket, TicketHold) {
-    slots
-        .try_acquire(at, bound, Duration::from_secs(3))
-        .expect("a free slot")
+fn ticket(slots: &Arc<QueueSlots>, at: Instant, bound: WaitBound) -> AdmissionTicket {
+    slots.try_acquire(at, bound).expect("a free slot")
+}
+
+/// Runs `call` as `QueueAdmission` does: with `ticket` offered; the limiter
+/// takes it.
+fn offered<T>(ticket: AdmissionTicket, call: impl FnOnce() -> T) -> T {
+    ticket.offer(|| {
+        let out = call();
+        assert!(
+            AdmissionTicket::offered_deadline().is_none(),
+            "the limiter takes the ticket in call()"
+        );
+        out
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -181,18 +192,15 @@ async fn sla_deadline_bounds_the_wait_without_a_ticket() {
 #[tokio::test(start_paused = true)]
 async fn ticket_deadline_max_wait_gives_wait_exceeded() {
     let (mut svc, mut handle, layer) = limited(1);
-    let slots = QueueSlots::new(4);
+    let slots = QueueSlots::new(4, Duration::from_secs(3));
     let mut first = task::spawn(svc.call("first"));
     assert_pending!(first.poll());
 
     let at = Instant::now() + Duration::from_secs(5);
-    let (t, own) = ticket(&slots, at, WaitBound::MaxWait);
-    let ctx = Context::new()
-        .with_sla_deadline(at + Duration::from_secs(60))
-        .with_admission(t.clone());
-    let mut waiter = task::spawn(ctx.sync_scope(|| svc.call("waiter")));
-    drop(own);
-    assert_eq!(slots.depth(), 1, "the limiter entered the ticket in call");
+    let t = ticket(&slots, at, WaitBound::MaxWait);
+    let ctx = Context::new().with_sla_deadline(at + Duration::from_secs(60));
+    let mut waiter = task::spawn(ctx.sync_scope(|| offered(t, || svc.call("waiter"))));
+    assert_eq!(slots.depth(), 1, "the limiter took the ticket in call");
     assert_pending!(waiter.poll());
     tokio::time::advance(Duration::from_secs(5)).await;
     let err = assert_ready_err!(waiter.poll());
@@ -210,15 +218,14 @@ async fn ticket_deadline_max_wait_gives_wait_exceeded() {
 #[tokio::test(start_paused = true)]
 async fn ticket_deadline_equal_to_sla_gives_sla_expired() {
     let (mut svc, _handle, _layer) = limited(1);
-    let slots = QueueSlots::new(4);
+    let slots = QueueSlots::new(4, Duration::from_secs(3));
     let mut first = task::spawn(svc.call("first"));
     assert_pending!(first.poll());
 
     let at = Instant::now() + Duration::from_secs(1);
-    let (t, own) = ticket(&slots, at, WaitBound::Sla);
-    let ctx = Context::new().with_sla_deadline(at).with_admission(t);
-    let mut waiter = task::spawn(ctx.sync_scope(|| svc.call("waiter")));
-    drop(own);
+    let t = ticket(&slots, at, WaitBound::Sla);
+    let ctx = Context::new().with_sla_deadline(at);
+    let mut waiter = task::spawn(ctx.sync_scope(|| offered(t, || svc.call("waiter"))));
     assert_pending!(waiter.poll());
     tokio::time::advance(Duration::from_secs(1)).await;
     let err = assert_ready_err!(waiter.poll());
@@ -230,23 +237,19 @@ async fn ticket_deadline_equal_to_sla_gives_sla_expired() {
 #[tokio::test(start_paused = true)]
 async fn zero_max_wait_never_waits() {
     let (mut svc, mut handle, layer) = limited(1);
-    let slots = QueueSlots::new(4);
+    let slots = QueueSlots::new(4, Duration::from_secs(3));
     let now = Instant::now();
 
     // Capacity free: admitted, no spurious rejection.
-    let (t, own) = ticket(&slots, now, WaitBound::MaxWait);
-    let ctx = Context::new().with_admission(t);
-    let mut first = task::spawn(ctx.sync_scope(|| svc.call("first")));
-    drop(own);
+    let t = ticket(&slots, now, WaitBound::MaxWait);
+    let mut first = task::spawn(offered(t, || svc.call("first")));
     assert_pending!(first.poll());
     assert_request_eq!(handle, "first");
     assert_eq!(slots.depth(), 0, "admitted: left the queue");
 
     // No capacity: fails on the first poll, without time passing.
-    let (t, own) = ticket(&slots, now, WaitBound::MaxWait);
-    let ctx = Context::new().with_admission(t);
-    let mut second = task::spawn(ctx.sync_scope(|| svc.call("second")));
-    drop(own);
+    let t = ticket(&slots, now, WaitBound::MaxWait);
+    let mut second = task::spawn(offered(t, || svc.call("second")));
     let err = assert_ready_err!(second.poll());
     assert_eq!(
         err.downcast_ref::<Overloaded>().map(Overloaded::reason),
@@ -324,7 +327,7 @@ async fn context_captured_at_call_is_in_scope_for_the_inner_call() {
 async fn dropping_at_each_await_point_releases() {
     let (svc, mut handle, layer) = limited(1);
     let h = layer.handle();
-    let slots = QueueSlots::new(8);
+    let slots = QueueSlots::new(8, Duration::from_secs(3));
 
     // 1. Dropped before the first poll: nothing was taken.
     drop(svc.clone().call("never"));
@@ -333,17 +336,12 @@ async fn dropping_at_each_await_point_releases() {
     // 2. Dropped while queued: the next waiter is not skipped.
     let mut holder = task::spawn(svc.clone().call("holder"));
     assert_pending!(holder.poll());
-    let (t, own) = ticket(
+    let t = ticket(
         &slots,
         Instant::now() + Duration::from_secs(9),
         WaitBound::MaxWait,
     );
-    let mut queued = task::spawn(
-        Context::new()
-            .with_admission(t)
-            .sync_scope(|| svc.clone().call("queued")),
-    );
-    drop(own);
+    let mut queued = task::spawn(offered(t, || svc.clone().call("queued")));
     let mut next = task::spawn(svc.clone().call("next"));
     assert_pending!(queued.poll());
     assert_pending!(next.poll());

@@ -11,8 +11,6 @@ use std::cell::RefCell;
 use pin_project_lite::pin_project;
 use tokio::time::{Duration, Instant};
 
-use crate::admission::{AdmissionTicket, WaitBound, WaitDeadline};
-
 // The current context: a thread-local slot that scopes swap a context into
 // for the length of a synchronous call or of one poll, and swap back out
 // (what `tokio::task_local!` does, with a swap that also works from `&mut`, so
@@ -95,7 +93,11 @@ fn swap(slot: &mut Option<Context>) -> bool {
 }
 
 /// What one request carries through the stack: its SLA deadline, the current
-/// attempt's deadline, its admission ticket, its attempt number and its id.
+/// attempt's deadline, its attempt number and its id.
+///
+/// The admission ticket travels beside it, offered for one call at a time
+/// (see [`admission`](crate::admission)): a context is cloned freely, a queue
+/// slot must have exactly one holder.
 ///
 /// A layer that publishes a value reads the outer context at `call` time
 /// ([`Context::current`]), combines its own value with it (deadlines take the
@@ -112,8 +114,8 @@ fn swap(slot: &mut Option<Context>) -> bool {
 /// `PropagateContextLayer` (feature `http`), placed innermost, copies it into
 /// the request extensions.
 ///
-/// Cloning is cheap: two `Instant`s, a number and two reference-counted
-/// pointers. Publishing needs no clone beyond the one the layer keeps:
+/// Cloning is cheap: two `Instant`s, a number and one reference-counted
+/// pointer. Publishing needs no clone beyond the one the layer keeps:
 /// [`sync_scope_in_place`](Self::sync_scope_in_place) borrows, and layers
 /// that only re-publish a context captured earlier use
 /// [`rescope`](Self::rescope) / [`rescope_future`](Self::rescope_future),
@@ -122,13 +124,12 @@ fn swap(slot: &mut Option<Context>) -> bool {
 pub struct Context {
     sla_deadline: Option<Instant>,
     attempt_deadline: Option<Instant>,
-    admission: Option<AdmissionTicket>,
     attempt: Option<Attempt>,
     request_id: Option<RequestId>,
 }
 
 impl Context {
-    /// An empty context: no deadlines, no ticket, no attempt, no id.
+    /// An empty context: no deadlines, no attempt, no id.
     pub fn new() -> Self {
         Self::default()
     }
@@ -136,6 +137,23 @@ impl Context {
     /// The context of the current scope, or an empty one outside any scope.
     pub fn current() -> Self {
         Self::try_current().unwrap_or_default()
+    }
+
+    /// Runs `f` on the context of the current scope (an empty one outside any
+    /// scope), without cloning it.
+    pub fn with_current<R>(f: impl FnOnce(&Self) -> R) -> R {
+        let mut f = Some(f);
+        let out = CURRENT.try_with(|cur| {
+            let cur = cur.try_borrow().ok()?;
+            let ctx = cur.as_ref()?;
+            f.take().map(|f| f(ctx))
+        });
+        match (out, f) {
+            (Ok(Some(out)), _) => out,
+            (_, Some(f)) => f(&Self::new()),
+            // `f` is only taken to produce `Some`.
+            (_, None) => unreachable!("with_current: ran without a result"),
+        }
     }
 
     /// The context of the current scope, if the caller runs inside one.
@@ -167,11 +185,6 @@ impl Context {
         self.deadline().map(|d| d.saturating_duration_since(now))
     }
 
-    /// The admission ticket issued by `QueueAdmission` for this attempt.
-    pub fn admission(&self) -> Option<&AdmissionTicket> {
-        self.admission.as_ref()
-    }
-
     /// The attempt number (1 for the first attempt), set by `Retry`.
     pub fn attempt(&self) -> Option<Attempt> {
         self.attempt
@@ -180,19 +193,6 @@ impl Context {
     /// The request id, set by the request-id layer.
     pub fn request_id(&self) -> Option<&RequestId> {
         self.request_id.as_ref()
-    }
-
-    /// How long a limiter may wait, and what to report when it cannot.
-    ///
-    /// With an admission ticket: the ticket's deadline, which is already
-    /// min(admission start + max wait, SLA deadline). Without one: the SLA
-    /// deadline. Without either: no bound.
-    pub fn wait_deadline(&self) -> Option<WaitDeadline> {
-        match (&self.admission, self.sla_deadline) {
-            (Some(ticket), _) => Some(ticket.wait_deadline()),
-            (None, Some(sla)) => Some(WaitDeadline::new(sla, WaitBound::Sla, Duration::ZERO)),
-            (None, None) => None,
-        }
     }
 
     /// Sets the SLA deadline to the earlier of the current one and `at`.
@@ -209,28 +209,21 @@ impl Context {
         self
     }
 
-    /// Replaces the admission ticket.
-    #[must_use]
-    pub fn with_admission(mut self, ticket: AdmissionTicket) -> Self {
-        self.admission = Some(ticket);
-        self
-    }
-
-    /// Removes the admission ticket (a new attempt starts outside admission).
-    #[must_use]
-    pub fn without_admission(mut self) -> Self {
-        self.admission = None;
-        self
-    }
-
-    /// Replaces the attempt number, and clears the previous attempt's deadline
-    /// and ticket: a new attempt starts afresh.
+    /// Replaces the attempt number, and clears the previous attempt's
+    /// deadline: a new attempt starts afresh.
     #[must_use]
     pub fn with_attempt(mut self, attempt: Attempt) -> Self {
         self.attempt = Some(attempt);
         self.attempt_deadline = None;
-        self.admission = None;
         self
+    }
+
+    /// Whether it carries nothing at all (the default).
+    pub fn is_empty(&self) -> bool {
+        self.sla_deadline.is_none()
+            && self.attempt_deadline.is_none()
+            && self.attempt.is_none()
+            && self.request_id.is_none()
     }
 
     /// Replaces the request id.
@@ -293,7 +286,7 @@ impl Context {
     }
 
     /// Whether the current context carries the same values as this one (the
-    /// same ticket and id, not merely equal ones).
+    /// same id, not merely an equal one).
     pub fn is_current(&self) -> bool {
         CURRENT
             .try_with(|cur| {
@@ -307,11 +300,6 @@ impl Context {
         self.sla_deadline == other.sla_deadline
             && self.attempt_deadline == other.attempt_deadline
             && self.attempt == other.attempt
-            && match (&self.admission, &other.admission) {
-                (Some(a), Some(b)) => a.same(b),
-                (None, None) => true,
-                _ => false,
-            }
             && match (&self.request_id, &other.request_id) {
                 (Some(a), Some(b)) => Arc::ptr_eq(&a.0, &b.0),
                 (None, None) => true,
@@ -325,7 +313,6 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("sla_deadline", &self.sla_deadline)
             .field("attempt_deadline", &self.attempt_deadline)
-            .field("admission", &self.admission)
             .field("attempt", &self.attempt)
             .field("request_id", &self.request_id)
             .finish()

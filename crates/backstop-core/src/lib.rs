@@ -1,11 +1,11 @@
 //! The core of backstop: one request context, admission tickets and one error
 //! taxonomy, shared by every layer.
 //!
-//! - [`Context`]: a request's SLA deadline, attempt deadline, admission
-//!   ticket, attempt number and id, carried as a tokio task-local that each
-//!   publishing layer scopes around its inner `call()` and every inner poll.
+//! - [`Context`]: a request's SLA deadline, attempt deadline, attempt number
+//!   and id, carried as a task-local that each publishing layer scopes
+//!   around its inner `call()` and every inner poll.
 //! - [`admission`]: the ticket protocol between `QueueAdmission` and the
-//!   limiters inside it.
+//!   limiters inside it: one queue slot per request, moved inward by value.
 //! - [`SlaExpired`], [`AttemptTimedOut`], [`Overloaded`], [`CostOverBurst`],
 //!   [`StreamTimedOut`] and [`classify`], which maps any error (walking its
 //!   `source()` chain) to an [`ErrorKind`].
@@ -71,7 +71,7 @@ pub mod http;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 
-pub use crate::admission::{AdmissionTicket, QueueSlots, TicketHold, WaitBound, WaitDeadline};
+pub use crate::admission::{AdmissionTicket, QueueSlots, WaitBound, WaitDeadline};
 pub use crate::context::{
     AdmissionDeadline, Attempt, AttemptDeadline, Context, RequestId, Rescoped, Scoped, SlaDeadline,
 };

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
-use backstop_core::{BoxError, Context, OverloadReason, Overloaded, TicketHold, clock, find};
+use backstop_core::{AdmissionTicket, BoxError, Context, OverloadReason, Overloaded, clock, find};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
@@ -35,13 +35,14 @@ pin_project! {
     /// # Cancellation
     ///
     /// - Dropped before its first poll: nothing was reserved (the store is
-    ///   asked on the first poll); the admission hold is released.
+    ///   asked on the first poll); the admission ticket is dropped (its queue slot freed).
     /// - Dropped while the store answers, or while waiting for the
     ///   reservation to conform: the reservation is given back
-    ///   ([`RateStore::cancel`]) and the admission hold is released.
+    ///   ([`RateStore::cancel`]) and the admission ticket is dropped (its queue slot freed).
     /// - Dropped while the inner service is not ready: the same.
     /// - Dropped after the inner `call()`: the cost is spent; nothing else
-    ///   is held (the admission hold was released right after `call()`).
+    ///   is held (the admission ticket was handed on, or dropped, at the inner
+    ///   `call()`).
     pub struct ResponseFuture<S, Req, St, A>
     where
         S: Service<Req>,
@@ -52,7 +53,7 @@ pin_project! {
         inner: Option<S>,
         req: Option<Req>,
         ctx: Option<Context>,
-        hold: Option<TicketHold>,
+        ticket: Option<AdmissionTicket>,
         pending: Option<Pending<St>>,
         reserved: CancelOnDrop<St>,
         spent: Option<Parts<St>>,
@@ -87,7 +88,7 @@ where
             inner: None,
             req: None,
             ctx: None,
-            hold: None,
+            ticket: None,
             pending: None,
             reserved: CancelOnDrop(None),
             spent: None,
@@ -100,7 +101,7 @@ where
         inner: S,
         req: Req,
         ctx: Option<Context>,
-        hold: Option<TicketHold>,
+        ticket: Option<AdmissionTicket>,
         attach: A,
         wait: Wait,
     ) -> Self {
@@ -109,7 +110,7 @@ where
             inner: Some(inner),
             req: Some(req),
             ctx,
-            hold,
+            ticket,
             pending: None,
             reserved: CancelOnDrop(None),
             spent: None,
@@ -123,7 +124,7 @@ where
         inner: S,
         req: Req,
         ctx: Option<Context>,
-        hold: Option<TicketHold>,
+        ticket: Option<AdmissionTicket>,
         attach: A,
         wait: Wait,
     ) -> Self {
@@ -132,7 +133,7 @@ where
             inner: Some(inner),
             req: Some(req),
             ctx,
-            hold,
+            ticket,
             pending: Some(pending),
             reserved: CancelOnDrop(None),
             spent: None,
@@ -198,7 +199,7 @@ where
                                 }
                                 parts.cancel();
                                 this.state.set(State::Done);
-                                *this.hold = None;
+                                *this.ticket = None;
                                 let err = Overloaded::new(OverloadReason::RateLimited, after);
                                 return Poll::Ready(Err(err.into()));
                             }
@@ -215,7 +216,7 @@ where
                                 wait.refused(retry_after);
                             }
                             this.state.set(State::Done);
-                            *this.hold = None;
+                            *this.ticket = None;
                             let err = Overloaded::new(OverloadReason::RateLimited, retry_after);
                             return Poll::Ready(Err(err.into()));
                         }
@@ -223,7 +224,7 @@ where
                             StoreErrorPolicy::FailOpen => this.state.set(State::Ready),
                             StoreErrorPolicy::FailClosed => {
                                 this.state.set(State::Done);
-                                *this.hold = None;
+                                *this.ticket = None;
                                 return Poll::Ready(Err(err.into()));
                             }
                         },
@@ -241,17 +242,23 @@ where
                     if let Err(err) = ready!(ready) {
                         // Not called: the reservation goes back on drop.
                         this.state.set(State::Done);
-                        *this.hold = None;
+                        *this.ticket = None;
                         if let Some(parts) = this.reserved.0.take() {
                             parts.cancel();
                         }
                         return Poll::Ready(Err(err.into()));
                     }
                     let req = this.req.take().expect("checked above");
-                    let fut = scoped(this.ctx.as_ref(), || inner.call(req));
+                    // Admitted: the ticket goes on to the limiters inside;
+                    // if none takes it the request leaves admission now. The
+                    // cost is spent.
+                    let fut = match this.ticket.take() {
+                        Some(ticket) => {
+                            scoped(this.ctx.as_ref(), || ticket.offer(|| inner.call(req)))
+                        }
+                        None => scoped(this.ctx.as_ref(), || inner.call(req)),
+                    };
                     *this.inner = None;
-                    // Admitted: leave admission, and the cost is spent.
-                    *this.hold = None;
                     if let Some(wait) = this.wait.take() {
                         wait.admitted();
                     }
@@ -306,16 +313,6 @@ fn scoped<R>(ctx: Option<&Context>, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The context worth re-scoping: `None` when it carries nothing.
-pub(crate) fn capture(ctx: Context) -> Option<Context> {
-    let empty = ctx.sla_deadline().is_none()
-        && ctx.attempt_deadline().is_none()
-        && ctx.admission().is_none()
-        && ctx.attempt().is_none()
-        && ctx.request_id().is_none();
-    (!empty).then_some(ctx)
-}
-
 impl<S, Req, St, A> fmt::Debug for ResponseFuture<S, Req, St, A>
 where
     S: Service<Req>,
@@ -333,7 +330,7 @@ where
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("holds_admission", &self.hold.is_some())
+            .field("holds_admission", &self.ticket.is_some())
             .field("reserved", &self.reserved.0.as_ref().map(|p| p.cost))
             .finish_non_exhaustive()
     }

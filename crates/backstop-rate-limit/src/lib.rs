@@ -79,8 +79,8 @@
 //!   future asks the store on its first poll, which commits the reservation,
 //!   sleeps until the conforming instant, then drives `ready()` and `call()`
 //!   on its own clone of the inner service (so `S: Clone`).
-//! - **Deadlines.** The wait is bounded by the context's wait deadline: the
-//!   admission ticket's deadline when `QueueAdmission` issued one, else the
+//! - **Deadlines.** The wait is bounded by the wait deadline: the admission
+//!   ticket's deadline when `QueueAdmission` offered one, else the context's
 //!   SLA deadline, else unbounded. The limiter never sleeps to fail: when the
 //!   conforming instant lies past that deadline, the request fails on its
 //!   first poll with `Overloaded(RateLimited)`, `retry_after` = time to the
@@ -97,9 +97,10 @@
 //!   arriving while every tracked key is busy is rejected as
 //!   `Overloaded(RateLimited)` until the first one idles (forgetting a busy
 //!   key would let it burst again).
-//! - **Admission tickets.** With a ticket in the context, `call` enters it
-//!   synchronously (cost 0 included, so limiters inside can enter in turn) and
-//!   the future leaves right after its own inner `call()` returns, so
+//! - **Admission tickets.** When `QueueAdmission` (or a limiter outside)
+//!   offers a ticket, `call` takes it synchronously (cost 0 included), and the
+//!   future offers it on around its own inner `call()`: a limiter inside takes
+//!   it in turn, else the request leaves the queue right then. So
 //!   `QueueAdmission` counts the request while it waits here.
 //!
 //! # Reserve and settle
@@ -157,7 +158,8 @@
 //!
 //! Dropping the response future before the inner `call()` gives the
 //! reservation back (as much of it as lies ahead, see above) and leaves the
-//! admission ticket. A future dropped before its first poll reserved nothing.
+//! admission ticket (freeing its queue slot). A future dropped before its
+//! first poll reserved nothing.
 //! When the inner service answers an error that is (or wraps) `Overloaded`,
 //! the reservation is given back too: the upstream did not take the request.
 //!

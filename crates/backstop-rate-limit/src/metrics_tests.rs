@@ -1,7 +1,7 @@
 //! Exact rate-limit wait samples (feature `metrics`).
 
 use backstop_core::metrics as m;
-use backstop_core::{AdmissionTicket, Context, QueueSlots, WaitBound};
+use backstop_core::{AdmissionTicket, QueueSlots, WaitBound};
 use tokio::time::{Duration, Instant, advance};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
@@ -60,14 +60,10 @@ fn refused_or_dropped_waits_record_no_sample() {
         svc.ready().await.unwrap().call(1).await.unwrap();
 
         // The next token is 1 s away, the admission deadline 0.5 s.
-        let slots = QueueSlots::new(4);
+        let slots = QueueSlots::new(4, Duration::from_secs(1));
         let at = Instant::now() + Duration::from_millis(500);
-        let (ticket, hold): (AdmissionTicket, _) = slots
-            .try_acquire(at, WaitBound::MaxWait, Duration::from_secs(1))
-            .unwrap();
-        let ctx = Context::new().with_admission(ticket);
-        let mut refused = task::spawn(ctx.sync_scope(|| svc.call(2)));
-        drop(hold);
+        let ticket: AdmissionTicket = slots.try_acquire(at, WaitBound::MaxWait).unwrap();
+        let mut refused = task::spawn(ticket.offer(|| svc.call(2)));
         assert_ready_err!(refused.poll());
 
         // Dropped while sleeping for its token.

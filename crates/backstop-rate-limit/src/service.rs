@@ -90,17 +90,19 @@ where
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let ctx = Context::current();
+        // Take the admission ticket now, synchronously: this request stays
+        // counted as waiting until we admit it and hand the ticket on (cost
+        // 0 too: the inner limiters still have to take it).
+        let ticket = AdmissionTicket::take_offered();
+        let ctx = Context::try_current().filter(|ctx| !ctx.is_empty());
         debug_event!(limiter = self.shared.name, cost, "acquiring rate limit");
         let wait = Wait::new(self.shared.metrics.clone(), self.shared.name);
-        // Enter synchronously, so the ticket's count never dips to zero
-        // between QueueAdmission's `call()` returning and ours admitting
-        // (cost 0 too: the inner limiters still have to enter).
-        let hold = ctx.admission().map(AdmissionTicket::enter);
-        let deadline = ctx.wait_deadline().map(|d| d.at());
-        let ctx = future::capture(ctx);
+        let deadline = match &ticket {
+            Some(ticket) => Some(ticket.deadline()),
+            None => ctx.as_ref().and_then(Context::sla_deadline),
+        };
         if cost == 0 {
-            return ResponseFuture::bypass(inner, req, ctx, hold, self.attach.clone(), wait);
+            return ResponseFuture::bypass(inner, req, ctx, ticket, self.attach.clone(), wait);
         }
         let key = self.shared.key.key(&req);
         future::ResponseFuture::reserving(
@@ -115,7 +117,7 @@ where
             inner,
             req,
             ctx,
-            hold,
+            ticket,
             self.attach.clone(),
             wait,
         )

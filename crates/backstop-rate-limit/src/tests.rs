@@ -3,8 +3,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use backstop_core::{
-    Context, CostOverBurst, ErrorKind, OverloadReason, Overloaded, QueueSlots, SlaExpired,
-    WaitBound, classify,
+    AdmissionTicket, Context, CostOverBurst, ErrorKind, OverloadReason, Overloaded, QueueSlots,
+    SlaExpired, WaitBound, classify,
 };
 use tokio::time::{Duration, Instant, advance};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
@@ -391,16 +391,14 @@ async fn admission_deadline_bounds_the_wait() {
         .unwrap()
         .layer(inner);
     let now = Instant::now();
-    let slots = QueueSlots::new(8);
+    let slots = QueueSlots::new(8, Duration::from_secs(1));
     // The ticket's deadline (50 ms) is shorter than the SLA (10 s).
-    let (ticket, _own) = slots
-        .try_acquire(now + 50 * MS, WaitBound::MaxWait, Duration::from_secs(1))
+    let ticket = slots
+        .try_acquire(now + 50 * MS, WaitBound::MaxWait)
         .unwrap();
-    let ctx = Context::new()
-        .with_sla_deadline(now + Duration::from_secs(10))
-        .with_admission(ticket);
+    let ctx = Context::new().with_sla_deadline(now + Duration::from_secs(10));
     svc.call(1).await.unwrap();
-    let mut fut = task::spawn(ctx.sync_scope(|| svc.call(2)));
+    let mut fut = task::spawn(ctx.sync_scope(|| offered(ticket, || svc.call(2))));
     let err = assert_ready_err!(fut.poll());
     assert_eq!(overloaded(&err).reason(), OverloadReason::RateLimited);
     assert_eq!(overloaded(&err).retry_after(), 100 * MS);
@@ -620,18 +618,16 @@ async fn randomized_drops_release_everything() {
             .build()
             .unwrap()
             .layer(inner);
-        let slots = QueueSlots::new(1000);
+        let slots = QueueSlots::new(1000, MS);
         let start = Instant::now();
         let mut live = Vec::new();
         let mut kept = 0;
         for _ in 0..50 {
-            let (ticket, own) = slots
-                .try_acquire(start + Duration::from_secs(60), WaitBound::MaxWait, MS)
+            let ticket = slots
+                .try_acquire(start + Duration::from_secs(60), WaitBound::MaxWait)
                 .unwrap();
-            let ctx = Context::new().with_admission(ticket);
             let cost = 1 + rng.below(3);
-            let fut = ctx.sync_scope(|| svc.call(cost));
-            drop(own); // QueueAdmission's inner call() returned.
+            let fut = offered(ticket, || svc.call(cost));
             let mut fut = task::spawn(fut);
             match rng.below(4) {
                 0 => drop(fut),
@@ -688,6 +684,19 @@ async fn randomized_drops_release_everything() {
 
 // === Admission tickets ===
 
+/// Runs `call` as `QueueAdmission` does: with `ticket` offered; the limiter
+/// takes it.
+fn offered<T>(ticket: AdmissionTicket, call: impl FnOnce() -> T) -> T {
+    ticket.offer(|| {
+        let out = call();
+        assert!(
+            AdmissionTicket::offered_deadline().is_none(),
+            "the limiter takes the ticket in call()"
+        );
+        out
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn holds_the_admission_ticket_until_its_inner_call() {
     let (inner, log) = recorder();
@@ -698,17 +707,12 @@ async fn holds_the_admission_ticket_until_its_inner_call() {
         .unwrap()
         .layer(inner);
     svc.call(1).await.unwrap();
-    let slots = QueueSlots::new(4);
-    let issue_until = |at: Instant| {
-        let (ticket, own) = slots.try_acquire(at, WaitBound::MaxWait, MS).unwrap();
-        (Context::new().with_admission(ticket), own)
-    };
+    let slots = QueueSlots::new(4, MS);
+    let issue_until = |at: Instant| slots.try_acquire(at, WaitBound::MaxWait).unwrap();
     let issue = || issue_until(Instant::now() + Duration::from_secs(5));
 
-    // Waiting: still counted after QueueAdmission's own hold is gone.
-    let (ctx, own) = issue();
-    let mut fut = task::spawn(ctx.sync_scope(|| svc.call(1)));
-    drop(own);
+    // Waiting: still counted after QueueAdmission's call() returned.
+    let mut fut = task::spawn(offered(issue(), || svc.call(1)));
     assert_pending!(fut.poll());
     assert_eq!(slots.depth(), 1);
     advance(100 * MS).await;
@@ -717,26 +721,21 @@ async fn holds_the_admission_ticket_until_its_inner_call() {
     assert_eq!(log.lock().unwrap().len(), 2);
 
     // Dropped while waiting: left.
-    let (ctx, own) = issue();
-    let mut fut = task::spawn(ctx.sync_scope(|| svc.call(1)));
-    drop(own);
+    let mut fut = task::spawn(offered(issue(), || svc.call(1)));
     assert_pending!(fut.poll());
     drop(fut);
     assert_eq!(slots.depth(), 0);
 
-    // Cost 0 still holds until its inner call, so limiters inside can enter.
-    let (ctx, own) = issue();
-    let fut = ctx.sync_scope(|| svc.call(0));
-    drop(own);
+    // Cost 0 still holds the ticket until its inner call, so limiters inside
+    // can take it.
+    let fut = offered(issue(), || svc.call(0));
     assert_eq!(slots.depth(), 1);
     fut.await.unwrap();
     assert_eq!(slots.depth(), 0);
 
     // Rejected at once (saturated, deadline now): left at once.
     let _saturate = svc.call(1).await.unwrap();
-    let (ctx, own) = issue_until(Instant::now());
-    let mut fut = task::spawn(ctx.sync_scope(|| svc.call(1)));
-    drop(own);
+    let mut fut = task::spawn(offered(issue_until(Instant::now()), || svc.call(1)));
     assert_eq!(slots.depth(), 1);
     let err = assert_ready_err!(fut.poll());
     assert_eq!(overloaded(&err).reason(), OverloadReason::RateLimited);

@@ -51,8 +51,8 @@
 //! - **Attempts.** At most `max_attempts` (default 3) in all. Each attempt
 //!   publishes `Context::current().with_attempt(Attempt(n))` around the inner
 //!   `poll_ready`/`call` and every poll of the inner future (which also clears
-//!   the previous attempt's deadline and admission ticket: inner layers start
-//!   afresh).
+//!   the previous attempt's deadline: inner layers start afresh, and each
+//!   attempt takes its own admission slot).
 //! - **Backoff.** The n-th retry (n = 1, 2, …) sleeps
 //!   `min(base × 2^(n−1), max) + U[0, base)` ([`Jitter::Additive`], the
 //!   default: the source's `min(2^n, 32) s + uniform(0, 1) s` generalised to

@@ -4,6 +4,7 @@ use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::admission::AdmissionTicket;
 use crate::context::{AdmissionDeadline, AttemptDeadline, Context, SlaDeadline};
 
 /// Copies the current [`Context`] into the request extensions.
@@ -83,8 +84,8 @@ where
         if let Some(at) = ctx.attempt_deadline() {
             ext.insert(AttemptDeadline(at));
         }
-        if let Some(ticket) = ctx.admission() {
-            ext.insert(AdmissionDeadline(ticket.deadline()));
+        if let Some(deadline) = AdmissionTicket::offered_deadline() {
+            ext.insert(AdmissionDeadline(deadline.at()));
         }
         if let Some(attempt) = ctx.attempt() {
             ext.insert(attempt);
