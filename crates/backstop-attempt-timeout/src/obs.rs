@@ -80,6 +80,7 @@ mod imp {
             }))
         }
 
+        #[inline]
         pub(crate) fn record(&self, outcome: Option<Outcome>, seconds: f64) {
             let h = &*self.0;
             let counter = match outcome {
@@ -114,6 +115,7 @@ mod imp {
         }
 
         #[allow(clippy::unused_self)]
+        #[inline]
         pub(crate) fn record(&self, _outcome: Option<Outcome>, _seconds: f64) {}
     }
 }
@@ -130,6 +132,7 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
+    #[inline]
     pub(crate) fn start(
         metrics: &Metrics,
         start: Instant,
@@ -149,6 +152,7 @@ impl Recording {
     }
 
     /// Records how the attempt ended (once).
+    #[inline]
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.done, true) {
             return;
@@ -156,6 +160,7 @@ impl Recording {
         self.end(Some(outcome));
     }
 
+    #[inline]
     fn end(&self, outcome: Option<Outcome>) {
         // Without metrics, read the clock only for an enabled event.
         if !cfg!(feature = "metrics") && !tracing::enabled!(tracing::Level::DEBUG) {
@@ -181,6 +186,7 @@ impl Recording {
 }
 
 impl Drop for Recording {
+    #[inline]
     fn drop(&mut self) {
         if !self.done {
             self.end(None);

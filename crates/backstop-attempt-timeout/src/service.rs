@@ -29,6 +29,7 @@ pub struct AttemptTimeout<S> {
 }
 
 impl<S> AttemptTimeout<S> {
+    #[inline]
     pub(crate) fn new(inner: S, timeout: Duration) -> Self {
         Self {
             inner,
@@ -93,6 +94,7 @@ pub(crate) struct Bound {
 
 impl Bound {
     /// min(`own`, `sla`); the SLA wins ties (DESIGN: "at or before").
+    #[inline]
     pub(crate) fn new(own: Instant, sla: Option<Instant>) -> Self {
         match sla {
             Some(sla) if sla <= own => Self {
@@ -120,6 +122,7 @@ pub(crate) struct Start {
 
 impl Start {
     /// Starts recording the attempt (and traces the call).
+    #[inline]
     pub(crate) fn recording(&self, metrics: &Metrics) -> Recording {
         Recording::start(metrics, self.now, self.armed.at, self.armed.by_sla)
     }
@@ -128,6 +131,7 @@ impl Start {
     /// `None` when that is already at or before now (only the SLA can do
     /// that: `timeout` is above zero): fail with the SLA error without
     /// calling the inner service.
+    #[inline]
     pub(crate) fn now(timeout: Duration) -> Option<Self> {
         let now = clock::now();
         let outer = Context::current();

@@ -97,6 +97,7 @@ impl<Resp> ReleasePolicy<Resp> for ReleaseOnCompletion {
 impl Permit {
     /// A permit for one slot the caller already took from `semaphore` (and
     /// `forget()`-ed).
+    #[inline]
     pub(crate) fn taken(semaphore: Arc<Semaphore>) -> Self {
         semaphore.metrics().hold();
         Self { semaphore }
@@ -104,6 +105,7 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         self.semaphore.metrics().unhold();
         // Waiters first, FIFO; no lock when nobody waits.

@@ -101,6 +101,7 @@ impl Semaphore {
     }
 
     /// Free permits now: zero while requests wait.
+    #[inline]
     pub(crate) fn available_permits(&self) -> usize {
         self.state.load(Ordering::Acquire) / ONE
     }

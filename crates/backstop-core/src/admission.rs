@@ -38,6 +38,7 @@ thread_local! {
     static OFFERED: Cell<Option<ManuallyDrop<AdmissionTicket>>> = const { Cell::new(None) };
 }
 
+#[inline]
 fn swap_offered(ticket: Option<AdmissionTicket>) -> Result<Option<AdmissionTicket>, ()> {
     OFFERED
         .try_with(|slot| slot.replace(ticket.map(ManuallyDrop::new)))
@@ -91,16 +92,19 @@ impl QueueSlots {
     }
 
     /// Requests waiting for admission now.
+    #[inline]
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::Acquire)
     }
 
     /// The most requests that may wait at once.
+    #[inline]
     pub fn max(&self) -> usize {
         self.max
     }
 
     /// Whether every slot is taken.
+    #[inline]
     pub fn is_full(&self) -> bool {
         self.depth() >= self.max
     }
@@ -122,6 +126,7 @@ impl QueueSlots {
     /// `deadline` is the admission deadline (already min(now + max wait, SLA
     /// deadline)); `bound` says which of the two it is. Dropping the ticket
     /// frees the slot.
+    #[inline]
     pub fn try_acquire(
         self: &Arc<Self>,
         deadline: Instant,
@@ -164,11 +169,13 @@ pub struct AdmissionTicket {
 
 impl AdmissionTicket {
     /// The admission deadline and what its expiry means.
+    #[inline]
     pub fn wait_deadline(&self) -> WaitDeadline {
         WaitDeadline::new(self.at, self.bound, self.slots.retry_after)
     }
 
     /// The admission deadline.
+    #[inline]
     pub fn deadline(&self) -> Instant {
         self.at
     }
@@ -223,6 +230,7 @@ impl AdmissionTicket {
 }
 
 impl Drop for AdmissionTicket {
+    #[inline]
     fn drop(&mut self) {
         self.slots.depth.fetch_sub(1, Ordering::AcqRel);
     }

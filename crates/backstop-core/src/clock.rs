@@ -53,6 +53,7 @@ thread_local! {
 /// The instant of the current stretch (read on first use), or a fresh clock
 /// read outside any stretch. See the [module docs](self) for when it may be
 /// used.
+#[inline]
 pub fn now() -> Instant {
     STATE
         .try_with(|state| match state.get() {
@@ -71,6 +72,7 @@ pub fn now() -> Instant {
 ///
 /// Inside an open stretch this just runs `f`. The stretch is closed when `f`
 /// returns or unwinds.
+#[inline]
 pub fn stretch<R>(f: impl FnOnce() -> R) -> R {
     let opened = STATE
         .try_with(|state| match state.get() {
@@ -92,6 +94,7 @@ pub fn stretch<R>(f: impl FnOnce() -> R) -> R {
 struct Close;
 
 impl Drop for Close {
+    #[inline]
     fn drop(&mut self) {
         let _ = STATE.try_with(|state| state.set(State::Off));
     }
@@ -120,6 +123,7 @@ pin_project_lite::pin_project! {
 
 impl LazySleep {
     /// A timer for `deadline`, not yet created.
+    #[inline]
     pub fn new(deadline: Instant) -> Self {
         Self {
             deadline,
@@ -128,11 +132,13 @@ impl LazySleep {
     }
 
     /// The instant the timer fires at.
+    #[inline]
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
 
     /// Whether the timer has been created (polled at least once).
+    #[inline]
     pub fn is_armed(&self) -> bool {
         self.sleep.is_some()
     }

@@ -27,6 +27,7 @@ struct Swap<'a> {
 }
 
 impl<'a> Swap<'a> {
+    #[inline]
     fn enter(slot: &'a mut Option<Context>) -> Self {
         let swapped = swap(slot);
         Self { slot, swapped }
@@ -34,6 +35,7 @@ impl<'a> Swap<'a> {
 }
 
 impl Drop for Swap<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.swapped {
             swap(self.slot);
@@ -51,6 +53,7 @@ struct InPlace<'a> {
 }
 
 impl<'a> InPlace<'a> {
+    #[inline]
     fn enter(ctx: &'a mut Context) -> Self {
         let mut slot = Some(std::mem::take(ctx));
         let swapped = swap(&mut slot);
@@ -69,6 +72,7 @@ impl<'a> InPlace<'a> {
 }
 
 impl Drop for InPlace<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.swapped {
             let mut slot = self.outer.take();
@@ -80,6 +84,7 @@ impl Drop for InPlace<'_> {
     }
 }
 
+#[inline]
 fn swap(slot: &mut Option<Context>) -> bool {
     CURRENT
         .try_with(|cur| match cur.try_borrow_mut() {
@@ -130,17 +135,20 @@ pub struct Context {
 
 impl Context {
     /// An empty context: no deadlines, no attempt, no id.
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The context of the current scope, or an empty one outside any scope.
+    #[inline]
     pub fn current() -> Self {
         Self::try_current().unwrap_or_default()
     }
 
     /// Runs `f` on the context of the current scope (an empty one outside any
     /// scope), without cloning it.
+    #[inline]
     pub fn with_current<R>(f: impl FnOnce(&Self) -> R) -> R {
         let mut f = Some(f);
         let out = CURRENT.try_with(|cur| {
@@ -157,6 +165,7 @@ impl Context {
     }
 
     /// The context of the current scope, if the caller runs inside one.
+    #[inline]
     pub fn try_current() -> Option<Self> {
         CURRENT
             .try_with(|cur| cur.try_borrow().ok().and_then(|cur| cur.clone()))
@@ -165,38 +174,45 @@ impl Context {
     }
 
     /// The end-to-end deadline of the request.
+    #[inline]
     pub fn sla_deadline(&self) -> Option<Instant> {
         self.sla_deadline
     }
 
     /// The deadline of the current attempt, already capped by the SLA
     /// deadline when both are known.
+    #[inline]
     pub fn attempt_deadline(&self) -> Option<Instant> {
         min_opt(self.attempt_deadline, self.sla_deadline)
     }
 
     /// The earliest deadline that applies right now (attempt or SLA).
+    #[inline]
     pub fn deadline(&self) -> Option<Instant> {
         self.attempt_deadline()
     }
 
     /// Time left until [`deadline`](Self::deadline), measured from `now`.
+    #[inline]
     pub fn remaining(&self, now: Instant) -> Option<Duration> {
         self.deadline().map(|d| d.saturating_duration_since(now))
     }
 
     /// The attempt number (1 for the first attempt), set by `Retry`.
+    #[inline]
     pub fn attempt(&self) -> Option<Attempt> {
         self.attempt
     }
 
     /// The request id, set by the request-id layer.
+    #[inline]
     pub fn request_id(&self) -> Option<&RequestId> {
         self.request_id.as_ref()
     }
 
     /// Sets the SLA deadline to the earlier of the current one and `at`.
     #[must_use]
+    #[inline]
     pub fn with_sla_deadline(mut self, at: Instant) -> Self {
         self.sla_deadline = min_opt(self.sla_deadline, Some(at));
         self
@@ -204,6 +220,7 @@ impl Context {
 
     /// Sets the attempt deadline to the earlier of the current one and `at`.
     #[must_use]
+    #[inline]
     pub fn with_attempt_deadline(mut self, at: Instant) -> Self {
         self.attempt_deadline = min_opt(self.attempt_deadline, Some(at));
         self
@@ -212,6 +229,7 @@ impl Context {
     /// Replaces the attempt number, and clears the previous attempt's
     /// deadline: a new attempt starts afresh.
     #[must_use]
+    #[inline]
     pub fn with_attempt(mut self, attempt: Attempt) -> Self {
         self.attempt = Some(attempt);
         self.attempt_deadline = None;
@@ -219,6 +237,7 @@ impl Context {
     }
 
     /// Whether it carries nothing at all (the default).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.sla_deadline.is_none()
             && self.attempt_deadline.is_none()
@@ -228,6 +247,7 @@ impl Context {
 
     /// Replaces the request id.
     #[must_use]
+    #[inline]
     pub fn with_request_id(mut self, id: RequestId) -> Self {
         self.request_id = Some(id);
         self
@@ -236,6 +256,7 @@ impl Context {
     /// Runs `f` with this context as the current one.
     ///
     /// Layers use it around the inner service's `call()`.
+    #[inline]
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
         let mut slot = Some(self);
         let _swap = Swap::enter(&mut slot);
@@ -245,6 +266,7 @@ impl Context {
     /// Like [`sync_scope`](Self::sync_scope), but borrows the context
     /// instead of consuming it: a layer that also keeps the context (for
     /// [`scope`](Self::scope)) needs no clone. `self` is unchanged afterwards.
+    #[inline]
     pub fn sync_scope_in_place<R>(&mut self, f: impl FnOnce() -> R) -> R {
         let _in_place = InPlace::enter(self);
         f()
@@ -252,6 +274,7 @@ impl Context {
 
     /// Makes this context the current one during every poll of `future`, and
     /// while it is dropped.
+    #[inline]
     pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
         Scoped {
             ctx: Some(self),
@@ -267,6 +290,7 @@ impl Context {
     /// For layers that *re-publish* a context they captured earlier (so that
     /// it is right even when their future is polled elsewhere), not for
     /// layers that change it.
+    #[inline]
     pub fn rescope<R>(&self, f: impl FnOnce() -> R) -> R {
         if self.is_current() {
             f()
@@ -278,6 +302,7 @@ impl Context {
     /// Like [`scope`](Self::scope), for a context captured earlier: at every
     /// poll (and at drop) the inner future runs with this context, re-scoped
     /// only when the current one differs (see [`rescope`](Self::rescope)).
+    #[inline]
     pub fn rescope_future<F: Future>(self, future: F) -> Rescoped<F> {
         Rescoped {
             ctx: self,
@@ -287,6 +312,7 @@ impl Context {
 
     /// Whether the current context carries the same values as this one (the
     /// same id, not merely an equal one).
+    #[inline]
     pub fn is_current(&self) -> bool {
         CURRENT
             .try_with(|cur| {
@@ -296,6 +322,7 @@ impl Context {
             .unwrap_or(false)
     }
 
+    #[inline]
     fn same(&self, other: &Self) -> bool {
         self.sla_deadline == other.sla_deadline
             && self.attempt_deadline == other.attempt_deadline
@@ -319,6 +346,7 @@ impl fmt::Debug for Context {
     }
 }
 
+#[inline]
 fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -339,6 +367,7 @@ pin_project! {
     }
 
     impl<F> PinnedDrop for Scoped<F> {
+        #[inline]
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
@@ -390,6 +419,7 @@ pin_project! {
     }
 
     impl<F> PinnedDrop for Rescoped<F> {
+        #[inline]
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
@@ -440,11 +470,13 @@ impl Attempt {
     pub const FIRST: Self = Self(1);
 
     /// The attempt number.
+    #[inline]
     pub fn get(self) -> u32 {
         self.0
     }
 
     /// Whether this is a retry (attempt 2 or later).
+    #[inline]
     pub fn is_retry(self) -> bool {
         self.0 > 1
     }
@@ -504,6 +536,7 @@ impl RequestId {
     }
 
     /// The id as text.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -609,6 +642,7 @@ mod tests {
     fn rescoped_drops_its_future_in_scope() {
         struct Probe(std::rc::Rc<std::cell::Cell<Option<Attempt>>>);
         impl Drop for Probe {
+            #[inline]
             fn drop(&mut self) {
                 self.0.set(Context::current().attempt());
             }

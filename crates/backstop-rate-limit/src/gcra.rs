@@ -89,6 +89,7 @@ impl Quota {
 
     /// The emission interval of `cost` units in nanoseconds, rounded up (so
     /// rounding never admits more than the rate).
+    #[inline]
     pub(crate) fn increment(&self, cost: u64) -> u64 {
         if let Some(unit) = self.unit_nanos {
             if let Some(inc) = unit.checked_mul(cost) {
@@ -102,6 +103,7 @@ impl Quota {
 
     /// The tolerance: how far the theoretical arrival time may run ahead of
     /// now and still conform (the increment of a full burst).
+    #[inline]
     pub(crate) fn tolerance(&self) -> u64 {
         self.tolerance
     }
@@ -109,6 +111,7 @@ impl Quota {
 
 /// One GCRA step on a theoretical arrival time `tat`, all in nanoseconds from
 /// the store's base: `Ok((new_tat, wait))` commits, `Err(retry_after)` rejects.
+#[inline]
 pub(crate) fn step(
     quota: &Quota,
     tat: u64,
@@ -211,6 +214,7 @@ pub(crate) fn settlement(
 
 /// The receipt of a reservation that left `new_tat` behind on a schedule
 /// refunds had moved by `shifted` (see [`settlement`]).
+#[inline]
 pub(crate) fn receipt(new_tat: u64, shifted: u64) -> Receipt {
     Receipt::new(new_tat.saturating_add(shifted))
 }
@@ -230,6 +234,7 @@ impl Clock {
         }
     }
 
+    #[inline]
     pub(crate) fn now(self) -> u64 {
         // The stretch's instant (backstop_core::clock): the same one the
         // future asked at, and no second clock read.
@@ -293,6 +298,7 @@ impl GcraStore {
         }
     }
 
+    #[inline]
     pub(crate) fn try_reserve(&self, cost: u64, max_wait: Option<Duration>) -> Decision {
         let now = self.clock.now();
         // Before the update: see `shifted`.
@@ -326,6 +332,7 @@ impl RateStore for GcraStore {
     type Key = ();
     type ReserveFuture = Ready<Result<Decision, StoreError>>;
 
+    #[inline]
     fn reserve(&self, _key: &(), cost: u64, max_wait: Option<Duration>) -> Self::ReserveFuture {
         ready(Ok(self.try_reserve(cost, max_wait)))
     }

@@ -35,10 +35,12 @@ pub(crate) struct Withdrawal {
     epoch: u32,
 }
 
+#[inline]
 fn pack(epoch: u32, value: i32) -> u64 {
     (u64::from(epoch) << 32) | u64::from(value as u32)
 }
 
+#[inline]
 fn unpack(word: u64) -> (u32, i32) {
     (
         (word >> 32) as u32,
@@ -61,6 +63,7 @@ impl Budget {
         }
     }
 
+    #[inline]
     fn epoch(&self, now: Instant) -> u32 {
         // u64 nanoseconds last 584 years; the epoch wraps after 2^32 slots
         // (over 13 years with a 1 s window).
@@ -68,6 +71,7 @@ impl Budget {
         (nanos / self.slot_nanos) as u32
     }
 
+    #[inline]
     fn slot(&self, epoch: u32) -> &AtomicU64 {
         &self.slots[(epoch % SLOTS) as usize]
     }
@@ -75,6 +79,7 @@ impl Budget {
     /// Adds `delta` to the slot of `epoch`, resetting it first if it still
     /// holds an older epoch. With `only_if_current`, adds nothing unless the
     /// slot already holds `epoch` (a refund to an expired slot is void).
+    #[inline]
     fn add(&self, epoch: u32, delta: i32, only_if_current: bool) {
         let slot = self.slot(epoch);
         let mut cur = slot.load(Ordering::Acquire);
@@ -115,6 +120,7 @@ impl Budget {
     }
 
     /// An original request deposits `ratio` retries.
+    #[inline]
     pub(crate) fn deposit(&self, now: Instant) {
         if self.deposit > 0 {
             self.add(self.epoch(now), self.deposit, false);

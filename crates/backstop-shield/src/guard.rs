@@ -40,6 +40,7 @@ pub(crate) struct Core {
 }
 
 impl<H> Shared<H> {
+    #[inline]
     pub(crate) fn new(hook: H, hook_timeout: Duration) -> Self {
         Self {
             core: Core {
@@ -56,6 +57,7 @@ impl<H> Shared<H> {
     }
 }
 
+#[inline]
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -70,6 +72,7 @@ enum Count {
 }
 
 impl Core {
+    #[inline]
     fn count(&self, count: Count) {
         let (stat, name) = match count {
             Count::Inline => (&self.inline, "inline"),
@@ -97,6 +100,7 @@ trait HasCore: Send + Sync + 'static {
 }
 
 impl<H: Hook> HasCore for Shared<H> {
+    #[inline]
     fn core(&self) -> &Core {
         &self.core
     }
@@ -140,6 +144,7 @@ pub struct HookStats {
 }
 
 impl HookTracker {
+    #[inline]
     pub(crate) fn new<H: Hook>(shared: &Arc<Shared<H>>) -> Self {
         let shared: Arc<dyn HasCore> = Arc::<Shared<H>>::clone(shared);
         Self { shared }
@@ -215,6 +220,7 @@ pub(crate) struct Guard<H: Hook> {
 impl<H: Hook> Guard<H> {
     /// Starts the clock and captures the context and the runtime handle.
     /// Call it in `call`.
+    #[inline]
     pub(crate) fn new(shared: &Arc<Shared<H>>) -> Self {
         let ctx = Context::current();
         Self {
@@ -235,6 +241,7 @@ impl<H: Hook> Guard<H> {
     }
 
     /// Fires the hook with `outcome`.
+    #[inline]
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.outcome = Some(outcome);
     }
@@ -266,6 +273,7 @@ impl<H: Hook> Guard<H> {
 }
 
 impl<H: Hook> Drop for Guard<H> {
+    #[inline]
     fn drop(&mut self) {
         let outcome = self
             .outcome
@@ -366,6 +374,7 @@ impl<H> SpawnWatch<H> {
 }
 
 impl<H> Drop for SpawnWatch<H> {
+    #[inline]
     fn drop(&mut self) {
         if !self.settled {
             self.shared.core.count(Count::Skipped);
