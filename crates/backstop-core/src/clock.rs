@@ -68,6 +68,28 @@ pub fn now() -> Instant {
         .unwrap_or_else(|_| Instant::now())
 }
 
+/// The instant of the current stretch (read now if nobody asked yet), or
+/// `None` outside any stretch.
+///
+/// For an end instant taken where the work has just finished (the end of
+/// the poll that completed a request, say), when the start of that stretch
+/// is close enough: it is early by at most the length of the stretch.
+#[inline]
+pub fn stretch_now() -> Option<Instant> {
+    STATE
+        .try_with(|state| match state.get() {
+            State::On(Some(at)) => Some(at),
+            State::On(None) => {
+                let at = Instant::now();
+                state.set(State::On(Some(at)));
+                Some(at)
+            }
+            State::Off => None,
+        })
+        .ok()
+        .flatten()
+}
+
 /// Runs `f` as one stretch: every [`now`] inside it returns the same instant.
 ///
 /// Inside an open stretch this just runs `f`. The stretch is closed when `f`

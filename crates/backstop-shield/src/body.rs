@@ -81,7 +81,7 @@ where
             Some(Ok(_)) | None => {
                 if let Some(g) = this.guard.take() {
                     let outcome = end_outcome(g.status());
-                    g.finish(outcome);
+                    g.finish_now(outcome);
                 }
             }
             Some(Err(e)) => {
@@ -91,7 +91,7 @@ where
                         .status()
                         .and_then(status_error_kind)
                         .unwrap_or_else(|| error_kind(e));
-                    g.finish(Outcome::Error(kind));
+                    g.finish_now(Outcome::Error(kind));
                 }
             }
         }

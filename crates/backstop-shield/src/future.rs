@@ -51,15 +51,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // One clock stretch per poll (backstop_core::clock).
-        let result = ready!(clock::stretch(|| this.inner.poll(cx)));
-        if let Some(guard) = this.guard.take() {
-            guard.finish(match &result {
-                Ok(_) => Outcome::Success,
-                Err(e) => Outcome::Error(error_kind(e)),
-            });
-        }
-        Poll::Ready(result)
+        // One clock stretch per poll (backstop_core::clock); the hook runs
+        // inside it, so its end instant needs no clock read of its own.
+        clock::stretch(|| {
+            let result = ready!(this.inner.poll(cx));
+            if let Some(guard) = this.guard.take() {
+                guard.finish(match &result {
+                    Ok(_) => Outcome::Success,
+                    Err(e) => Outcome::Error(error_kind(e)),
+                });
+            }
+            Poll::Ready(result)
+        })
     }
 }
 

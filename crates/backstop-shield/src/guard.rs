@@ -246,6 +246,14 @@ impl<H: Hook> Guard<H> {
         self.outcome = Some(outcome);
     }
 
+    /// Fires the hook with `outcome`, timing its end in a clock stretch of its
+    /// own (one clock read; for the body's last frame, polled outside any
+    /// stretch).
+    #[cfg(feature = "http")]
+    pub(crate) fn finish_now(self, outcome: Outcome) {
+        clock::stretch(|| self.finish(outcome));
+    }
+
     /// Records the response status; from now on an early drop with a status
     /// of 400 or more is an error, not a cancellation.
     #[cfg(feature = "http")]
@@ -279,19 +287,29 @@ impl<H: Hook> Drop for Guard<H> {
             .outcome
             .take()
             .unwrap_or_else(|| self.early_drop_outcome());
-        let current = Handle::try_current();
-        // tokio's clock (with `test-util`) panics once the thread's locals
-        // are gone (a future dropped at thread exit): report zero then.
-        let elapsed = match &current {
-            Err(e) if e.is_thread_local_destroyed() => Duration::ZERO,
-            _ => Instant::now().saturating_duration_since(self.start),
+        // A sync hook needs no runtime. Dropped where the request finished
+        // (the shield's poll runs in a clock stretch): the stretch's instant
+        // is the end, early by at most that poll, with no second clock read.
+        let (elapsed, current) = match clock::stretch_now() {
+            Some(end) if H::SYNC => (end.saturating_duration_since(self.start), None),
+            _ => {
+                let current = Handle::try_current();
+                // tokio's clock (with `test-util`) panics once the thread's
+                // locals are gone (a future dropped at thread exit): report
+                // zero then.
+                let elapsed = match &current {
+                    Err(e) if e.is_thread_local_destroyed() => Duration::ZERO,
+                    _ => Instant::now().saturating_duration_since(self.start),
+                };
+                (elapsed, current.ok())
+            }
         };
         let done = Completion::new(outcome, elapsed)
             .with_request_id(self.request_id.take())
             .with_attempt(self.attempt);
         #[cfg(feature = "http")]
         let done = done.with_status(self.status);
-        run(&self.shared, self.handle.take(), current.ok(), done);
+        run(&self.shared, self.handle.take(), current, done);
     }
 }
 
