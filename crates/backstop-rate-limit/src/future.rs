@@ -164,12 +164,15 @@ where
                     let Some(p) = this.pending.as_mut() else {
                         panic!("rate limit future polled after completion");
                     };
-                    // Before any inner work: the stretch's instant will do
-                    // (backstop_core::clock).
-                    let now = clock::now();
-                    p.asked_at = Some(now);
-                    let max_wait = p.deadline.map(|at| at.saturating_duration_since(now));
-                    let fut = p.store.reserve(&p.key, p.cost, max_wait);
+                    // Before any inner work: the stretch's instant will do,
+                    // and an in-process store's own clock read (made in
+                    // `reserve`) shares it (backstop_core::clock).
+                    let fut = clock::stretch(|| {
+                        let now = clock::now();
+                        p.asked_at = Some(now);
+                        let max_wait = p.deadline.map(|at| at.saturating_duration_since(now));
+                        p.store.reserve(&p.key, p.cost, max_wait)
+                    });
                     this.state.set(State::Reserving { fut });
                 }
                 StateProj::Reserving { fut } => {
