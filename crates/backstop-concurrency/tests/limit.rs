@@ -8,6 +8,7 @@ use backstop_core::{
     AdmissionTicket, BoxError, Context, ErrorKind, OverloadReason, Overloaded, QueueSlots,
     SlaExpired, WaitBound, classify,
 };
+use backstop_test_util::call_with_ticket;
 use static_assertions::assert_impl_all;
 use tokio::time::{Duration, Instant};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
@@ -30,19 +31,6 @@ fn limited(max: usize) -> (ConcurrencyLimit<Mock>, Handle, ConcurrencyLimitLayer
 
 fn ticket(slots: &Arc<QueueSlots>, at: Instant, bound: WaitBound) -> AdmissionTicket {
     slots.try_acquire(at, bound).expect("a free slot")
-}
-
-/// Runs `call` as `QueueAdmission` does: with `ticket` offered; the limiter
-/// takes it.
-fn offered<T>(ticket: AdmissionTicket, call: impl FnOnce() -> T) -> T {
-    ticket.offer(|| {
-        let out = call();
-        assert!(
-            AdmissionTicket::offered_deadline().is_none(),
-            "the limiter takes the ticket in call()"
-        );
-        out
-    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -199,7 +187,7 @@ async fn ticket_deadline_max_wait_gives_wait_exceeded() {
     let at = Instant::now() + Duration::from_secs(5);
     let t = ticket(&slots, at, WaitBound::MaxWait);
     let ctx = Context::new().with_sla_deadline(at + Duration::from_secs(60));
-    let mut waiter = task::spawn(ctx.sync_scope(|| offered(t, || svc.call("waiter"))));
+    let mut waiter = task::spawn(ctx.sync_scope(|| call_with_ticket(t, || svc.call("waiter"))));
     assert_eq!(slots.depth(), 1, "the limiter took the ticket in call");
     assert_pending!(waiter.poll());
     tokio::time::advance(Duration::from_secs(5)).await;
@@ -225,7 +213,7 @@ async fn ticket_deadline_equal_to_sla_gives_sla_expired() {
     let at = Instant::now() + Duration::from_secs(1);
     let t = ticket(&slots, at, WaitBound::Sla);
     let ctx = Context::new().with_sla_deadline(at);
-    let mut waiter = task::spawn(ctx.sync_scope(|| offered(t, || svc.call("waiter"))));
+    let mut waiter = task::spawn(ctx.sync_scope(|| call_with_ticket(t, || svc.call("waiter"))));
     assert_pending!(waiter.poll());
     tokio::time::advance(Duration::from_secs(1)).await;
     let err = assert_ready_err!(waiter.poll());
@@ -242,14 +230,14 @@ async fn zero_max_wait_never_waits() {
 
     // Capacity free: admitted, no spurious rejection.
     let t = ticket(&slots, now, WaitBound::MaxWait);
-    let mut first = task::spawn(offered(t, || svc.call("first")));
+    let mut first = task::spawn(call_with_ticket(t, || svc.call("first")));
     assert_pending!(first.poll());
     assert_request_eq!(handle, "first");
     assert_eq!(slots.depth(), 0, "admitted: left the queue");
 
     // No capacity: fails on the first poll, without time passing.
     let t = ticket(&slots, now, WaitBound::MaxWait);
-    let mut second = task::spawn(offered(t, || svc.call("second")));
+    let mut second = task::spawn(call_with_ticket(t, || svc.call("second")));
     let err = assert_ready_err!(second.poll());
     assert_eq!(
         err.downcast_ref::<Overloaded>().map(Overloaded::reason),
@@ -341,7 +329,7 @@ async fn dropping_at_each_await_point_releases() {
         Instant::now() + Duration::from_secs(9),
         WaitBound::MaxWait,
     );
-    let mut queued = task::spawn(offered(t, || svc.clone().call("queued")));
+    let mut queued = task::spawn(call_with_ticket(t, || svc.clone().call("queued")));
     let mut next = task::spawn(svc.clone().call("next"));
     assert_pending!(queued.poll());
     assert_pending!(next.poll());

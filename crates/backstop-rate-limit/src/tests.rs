@@ -3,9 +3,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use backstop_core::{
-    AdmissionTicket, Context, CostOverBurst, ErrorKind, OverloadReason, Overloaded, QueueSlots,
-    SlaExpired, WaitBound, classify,
+    Context, CostOverBurst, ErrorKind, OverloadReason, Overloaded, QueueSlots, SlaExpired,
+    WaitBound, classify,
 };
+use backstop_test_util::call_with_ticket;
 use tokio::time::{Duration, Instant, advance};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
@@ -398,7 +399,7 @@ async fn admission_deadline_bounds_the_wait() {
         .unwrap();
     let ctx = Context::new().with_sla_deadline(now + Duration::from_secs(10));
     svc.call(1).await.unwrap();
-    let mut fut = task::spawn(ctx.sync_scope(|| offered(ticket, || svc.call(2))));
+    let mut fut = task::spawn(ctx.sync_scope(|| call_with_ticket(ticket, || svc.call(2))));
     let err = assert_ready_err!(fut.poll());
     assert_eq!(overloaded(&err).reason(), OverloadReason::RateLimited);
     assert_eq!(overloaded(&err).retry_after(), 100 * MS);
@@ -627,7 +628,7 @@ async fn randomized_drops_release_everything() {
                 .try_acquire(start + Duration::from_secs(60), WaitBound::MaxWait)
                 .unwrap();
             let cost = 1 + rng.below(3);
-            let fut = offered(ticket, || svc.call(cost));
+            let fut = call_with_ticket(ticket, || svc.call(cost));
             let mut fut = task::spawn(fut);
             match rng.below(4) {
                 0 => drop(fut),
@@ -684,19 +685,6 @@ async fn randomized_drops_release_everything() {
 
 // === Admission tickets ===
 
-/// Runs `call` as `QueueAdmission` does: with `ticket` offered; the limiter
-/// takes it.
-fn offered<T>(ticket: AdmissionTicket, call: impl FnOnce() -> T) -> T {
-    ticket.offer(|| {
-        let out = call();
-        assert!(
-            AdmissionTicket::offered_deadline().is_none(),
-            "the limiter takes the ticket in call()"
-        );
-        out
-    })
-}
-
 #[tokio::test(start_paused = true)]
 async fn holds_the_admission_ticket_until_its_inner_call() {
     let (inner, log) = recorder();
@@ -712,7 +700,7 @@ async fn holds_the_admission_ticket_until_its_inner_call() {
     let issue = || issue_until(Instant::now() + Duration::from_secs(5));
 
     // Waiting: still counted after QueueAdmission's call() returned.
-    let mut fut = task::spawn(offered(issue(), || svc.call(1)));
+    let mut fut = task::spawn(call_with_ticket(issue(), || svc.call(1)));
     assert_pending!(fut.poll());
     assert_eq!(slots.depth(), 1);
     advance(100 * MS).await;
@@ -721,21 +709,23 @@ async fn holds_the_admission_ticket_until_its_inner_call() {
     assert_eq!(log.lock().unwrap().len(), 2);
 
     // Dropped while waiting: left.
-    let mut fut = task::spawn(offered(issue(), || svc.call(1)));
+    let mut fut = task::spawn(call_with_ticket(issue(), || svc.call(1)));
     assert_pending!(fut.poll());
     drop(fut);
     assert_eq!(slots.depth(), 0);
 
     // Cost 0 still holds the ticket until its inner call, so limiters inside
     // can take it.
-    let fut = offered(issue(), || svc.call(0));
+    let fut = call_with_ticket(issue(), || svc.call(0));
     assert_eq!(slots.depth(), 1);
     fut.await.unwrap();
     assert_eq!(slots.depth(), 0);
 
     // Rejected at once (saturated, deadline now): left at once.
     let _saturate = svc.call(1).await.unwrap();
-    let mut fut = task::spawn(offered(issue_until(Instant::now()), || svc.call(1)));
+    let mut fut = task::spawn(call_with_ticket(issue_until(Instant::now()), || {
+        svc.call(1)
+    }));
     assert_eq!(slots.depth(), 1);
     let err = assert_ready_err!(fut.poll());
     assert_eq!(overloaded(&err).reason(), OverloadReason::RateLimited);

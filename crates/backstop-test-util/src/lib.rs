@@ -5,6 +5,8 @@
 //!   harness, once per process.
 //! - [`paused_runtime`]: a current-thread runtime on paused time, for tests
 //!   that build their own (e.g. under a local metrics recorder).
+//! - [`call_with_ticket`]: call a ticket-aware limiter as `QueueAdmission`
+//!   does, with an admission ticket offered, and check it took it.
 //! - [`MockUpstream`]: a scripted HTTP upstream that counts attempts and
 //!   in-flight calls and notices cancellation.
 //! - [`body_channel`]: a response body fed frame by frame from the test.
@@ -45,6 +47,19 @@ pub fn trace_init() {
             .with_test_writer()
             .try_init();
     });
+}
+
+/// Runs `call` (a ticket-aware limiter's `call()`) as `QueueAdmission` does:
+/// with `ticket` offered. Panics unless the limiter took it.
+pub fn call_with_ticket<T>(ticket: backstop_core::AdmissionTicket, call: impl FnOnce() -> T) -> T {
+    ticket.offer(|| {
+        let out = call();
+        assert!(
+            backstop_core::AdmissionTicket::offered_deadline().is_none(),
+            "the limiter takes the ticket in call()"
+        );
+        out
+    })
 }
 
 /// A current-thread runtime with time paused, for tests that need to build
