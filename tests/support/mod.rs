@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use backstop_core::{AdmissionDeadline, Attempt, AttemptDeadline, Context, RequestId, SlaDeadline};
+use backstop_core::{Attempt, Context, RequestId};
 use http::Request;
 
 /// What an upstream saw of the request context, from the task-local and
@@ -14,30 +14,27 @@ pub struct Seen {
     pub ctx_sla: Option<tokio::time::Instant>,
     /// `Context::current().attempt_deadline()`.
     pub ctx_attempt: Option<tokio::time::Instant>,
-    /// `SlaDeadline` in the extensions.
+    /// The SLA deadline of the `Context` in the extensions.
     pub ext_sla: Option<tokio::time::Instant>,
-    /// `AttemptDeadline` in the extensions.
+    /// Its attempt deadline.
     pub ext_attempt: Option<tokio::time::Instant>,
-    /// `AdmissionDeadline` in the extensions.
-    pub ext_admission: Option<tokio::time::Instant>,
-    /// `Attempt` in the extensions.
+    /// Its attempt number.
     pub ext_attempt_no: Option<Attempt>,
-    /// `RequestId` in the extensions.
+    /// Its request id.
     pub ext_request_id: Option<RequestId>,
 }
 
 /// Reads what backstop published, both ways.
 pub fn seen<B>(req: &Request<B>) -> Seen {
     let ctx = Context::current();
-    let ext = req.extensions();
+    let ext = req.extensions().get::<Context>().cloned().unwrap_or_default();
     Seen {
         ctx_sla: ctx.sla_deadline(),
         ctx_attempt: ctx.attempt_deadline(),
-        ext_sla: ext.get::<SlaDeadline>().map(|d| d.0),
-        ext_attempt: ext.get::<AttemptDeadline>().map(|d| d.0),
-        ext_admission: ext.get::<AdmissionDeadline>().map(|d| d.0),
-        ext_attempt_no: ext.get::<Attempt>().copied(),
-        ext_request_id: ext.get::<RequestId>().cloned(),
+        ext_sla: ext.sla_deadline(),
+        ext_attempt: ext.attempt_deadline(),
+        ext_attempt_no: ext.attempt(),
+        ext_request_id: ext.request_id().cloned(),
     }
 }
 

@@ -488,20 +488,6 @@ impl fmt::Display for Attempt {
     }
 }
 
-/// The end-to-end deadline of a request, as found in request extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SlaDeadline(pub Instant);
-
-/// The deadline of the current attempt (already capped by the SLA), as found in
-/// request extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AttemptDeadline(pub Instant);
-
-/// The admission deadline of the current attempt, as found in request
-/// extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AdmissionDeadline(pub Instant);
-
 /// A request id: 1 to 128 bytes of visible ASCII, or a generated UUIDv7.
 ///
 /// Cheap to clone (reference-counted).

@@ -73,7 +73,7 @@ pub mod metrics;
 
 pub use crate::admission::{AdmissionTicket, QueueSlots, WaitBound, WaitDeadline};
 pub use crate::context::{
-    AdmissionDeadline, Attempt, AttemptDeadline, Context, RequestId, Rescoped, Scoped, SlaDeadline,
+    Attempt, Context, RequestId, Rescoped, Scoped,
 };
 pub use crate::error::{
     AttemptPhase, AttemptTimedOut, BoxError, ConfigError, CostOverBurst, ErrorKind, MAX_DURATION,

@@ -25,9 +25,9 @@ mod builder;
 pub use crate::builder::{ServiceBuilderExt, slot};
 
 pub use backstop_core::{
-    AdmissionDeadline, Attempt, AttemptDeadline, AttemptTimedOut, BoxError, ConfigError, Context,
+    Attempt, AttemptTimedOut, BoxError, ConfigError, Context,
     CostOverBurst, ErrorKind, OverloadReason, Overloaded, RequestId, SetRequestId,
-    SetRequestIdLayer, SlaDeadline, SlaExpired, StreamTimedOut, StreamTimeout, admission as ticket,
+    SetRequestIdLayer, SlaExpired, StreamTimedOut, StreamTimeout, admission as ticket,
     classify, find,
 };
 

@@ -1,5 +1,6 @@
 //! backstop in front of an axum `Router`: the handler reads its deadlines
-//! from the request extensions, errors come back as OpenAI-shaped JSON.
+//! from the request context in its extensions, errors come back as
+//! OpenAI-shaped JSON.
 //!
 //! Run with `cargo run -p backstop-example-axum-router`, then
 //! `curl -i localhost:3000/slow` (504 after 1 s) or `curl -i localhost:3000/`.
@@ -9,21 +10,18 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::Extension;
 use axum::routing::get;
 use backstop::attempt_timeout::AttemptTimeoutLayer;
 use backstop::concurrency::ConcurrencyLimitLayer;
 use backstop::http::{ErrorResponseLayer, PropagateContextLayer};
 use backstop::sla::SlaTimeoutLayer;
-use backstop::{AttemptDeadline, BoxError, RequestId, ServiceBuilderExt, SetRequestIdLayer};
+use backstop::{BoxError, Context, ServiceBuilderExt, SetRequestIdLayer};
 use tower::ServiceBuilder;
 
-async fn hello(req: Request) -> String {
-    let left = req
-        .extensions()
-        .get::<AttemptDeadline>()
-        .map(|d| d.0.saturating_duration_since(tokio::time::Instant::now()));
-    let id = req.extensions().get::<RequestId>().cloned();
+async fn hello(Extension(ctx): Extension<Context>) -> String {
+    let left = ctx.remaining(tokio::time::Instant::now());
+    let id = ctx.request_id();
     format!("hello; request {id:?} may take {left:?} more\n")
 }
 

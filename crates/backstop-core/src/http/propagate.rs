@@ -4,22 +4,22 @@ use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::admission::AdmissionTicket;
-use crate::context::{AdmissionDeadline, AttemptDeadline, Context, SlaDeadline};
+use crate::context::Context;
 
 /// Copies the current [`Context`] into the request extensions.
 ///
 /// Place it innermost, right above the upstream service, so handlers and
 /// clients that only see the request (an axum handler, a hyper client
-/// wrapper) read the same values inner layers read from the task-local:
-/// [`Context`] itself, and the newtypes [`SlaDeadline`], [`AttemptDeadline`]
-/// (already capped by the SLA), [`AdmissionDeadline`],
-/// [`Attempt`](crate::Attempt) and [`RequestId`](crate::RequestId) for those
-/// that are set. It is the only backstop layer that writes extensions (the
-/// request-id layer aside).
+/// wrapper) read the same values inner layers read from the task-local: one
+/// [`Context`], whose accessors give the SLA deadline, the attempt deadline
+/// (already capped by the SLA), the attempt number and the request id. In an
+/// axum handler, take it as `Extension<Context>`. It is the only backstop
+/// layer that writes extensions (the request-id layer aside, which also
+/// puts the [`RequestId`](crate::RequestId) there).
 ///
 /// The response future is the inner service's own: the layer costs one
-/// context clone and a few map inserts per call.
+/// context clone and one map insert per call (one value, not one per field:
+/// each extension is its own allocation).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PropagateContextLayer {
     _priv: (),
@@ -76,24 +76,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ctx = Context::current();
-        let ext = req.extensions_mut();
-        if let Some(at) = ctx.sla_deadline() {
-            ext.insert(SlaDeadline(at));
-        }
-        if let Some(at) = ctx.attempt_deadline() {
-            ext.insert(AttemptDeadline(at));
-        }
-        if let Some(deadline) = AdmissionTicket::offered_deadline() {
-            ext.insert(AdmissionDeadline(deadline.at()));
-        }
-        if let Some(attempt) = ctx.attempt() {
-            ext.insert(attempt);
-        }
-        if let Some(id) = ctx.request_id() {
-            ext.insert(id.clone());
-        }
-        ext.insert(ctx);
+        req.extensions_mut().insert(Context::current());
         self.inner.call(req)
     }
 }
