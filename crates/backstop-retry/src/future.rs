@@ -51,8 +51,10 @@ pin_project! {
         template: Option<Req>,
         // The request for the attempt about to call the inner service.
         next: Option<Req>,
-        // The previous attempt's outcome, kept while the next one runs.
-        last: Option<Result<S::Response, S::Error>>,
+        // The previous attempt's outcome, kept while the next one runs
+        // (boxed: only a retried request has one, and the future stays
+        // small for the layers that move it).
+        last: Option<Box<Result<S::Response, S::Error>>>,
         attempt: u32,
         withdrawal: Option<Withdrawal>,
     }
@@ -63,7 +65,8 @@ pin_project! {
     enum State<F> {
         Ready,
         Calling { #[pin] fut: Scoped<F> },
-        Backoff { #[pin] sleep: Sleep },
+        // Boxed for the same reason as `last`.
+        Backoff { sleep: Pin<Box<Sleep>> },
         Done,
     }
 }
@@ -133,7 +136,7 @@ where
                 }
                 StateProj::Calling { fut } => ready!(fut.poll(cx)),
                 StateProj::Backoff { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     if let Some(w) = this.withdrawal.take() {
                         w.commit();
                     }
@@ -153,7 +156,7 @@ where
                         // the previous outcome stands.
                         if let Some(out) = this.last.take() {
                             this.state.set(State::Done);
-                            return Poll::Ready(out);
+                            return Poll::Ready(*out);
                         }
                     }
                     this.state.set(State::Ready);
@@ -177,7 +180,7 @@ where
             let Some((now, wait)) = wait else {
                 this.state.set(State::Done);
                 let out = if action == Action::Refused {
-                    this.last.take().unwrap_or(outcome)
+                    this.last.take().map_or(outcome, |last| *last)
                 } else {
                     outcome
                 };
@@ -203,9 +206,9 @@ where
                 backoff_ms = wait.as_millis() as u64,
                 "attempt failed, retrying after backoff"
             );
-            *this.last = Some(this.policy.retain(outcome));
+            *this.last = Some(Box::new(this.policy.retain(outcome)));
             this.state.set(State::Backoff {
-                sleep: sleep_until(now + wait),
+                sleep: Box::pin(sleep_until(now + wait)),
             });
         }
     }

@@ -133,12 +133,16 @@ pub struct Inspect<S> {
 pin_project! {
     /// Response future of [`Inspect`].
     ///
+    /// The inner future is boxed: it is the whole stack below the retry (an
+    /// HTTP stack's runs to kilobytes), and unboxed every layer above would
+    /// copy it as it builds its own future. One allocation per attempt, on
+    /// the path that already clones the request head for replay.
+    ///
     /// # Cancellation
     ///
     /// Dropping it drops the inner future, or the partly read response.
     pub struct InspectFuture<F, RB> {
-        #[pin]
-        fut: F,
+        fut: Pin<Box<F>>,
         parts: Option<http::response::Parts>,
         body: Option<RB>,
         collector: Option<Collector>,
@@ -161,8 +165,25 @@ pin_project! {
         RB: Unpin,
     {
         #[pin]
-        fut: Option<ResponseFuture<HttpPolicy, Inspect<S>, Request<ReplayBody<B>>>>,
-        pending: Option<Pending<S, B>>,
+        state: HttpState<S, B, RB>,
+    }
+}
+
+pin_project! {
+    // One or the other: the buffering state and the attempts share space.
+    #[project = HttpStateProj]
+    enum HttpState<S, B, RB>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        B: Body,
+        RB: Body,
+        RB: Unpin,
+    {
+        Buffering { pending: Option<Pending<S, B>> },
+        Running {
+            #[pin]
+            fut: ResponseFuture<HttpPolicy, Inspect<S>, Request<ReplayBody<B>>>,
+        },
     }
 }
 
@@ -320,26 +341,28 @@ where
             };
             let req = Request::from_parts(parts, ReplayBody::new(body));
             return HttpResponseFuture {
-                fut: Some(ResponseFuture::new(
-                    req,
-                    self.inner.clone(),
-                    HttpPolicy::default(),
-                    Arc::clone(&self.shared),
-                    ctx,
-                )),
-                pending: None,
+                state: HttpState::Running {
+                    fut: ResponseFuture::new(
+                        req,
+                        self.inner.clone(),
+                        HttpPolicy::default(),
+                        Arc::clone(&self.shared),
+                        ctx,
+                    ),
+                },
             };
         }
         HttpResponseFuture {
-            fut: None,
-            pending: Some(Pending {
-                parts,
-                body: Some(body),
-                collector: Collector::new(self.max_replay_bytes),
-                svc: self.inner.clone(),
-                shared: Arc::clone(&self.shared),
-                ctx,
-            }),
+            state: HttpState::Buffering {
+                pending: Some(Pending {
+                    parts,
+                    body: Some(body),
+                    collector: Collector::new(self.max_replay_bytes),
+                    svc: self.inner.clone(),
+                    shared: Arc::clone(&self.shared),
+                    ctx,
+                }),
+            },
         }
     }
 }
@@ -357,28 +380,34 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(p) = this.pending.as_mut() {
-            let collected = ready!(p.collector.poll(&mut p.body, cx));
-            let Some(p) = this.pending.take() else {
-                unreachable!("checked above")
-            };
-            let body = match collected {
-                Collected::Full(data, trailers) => Spliced::full(data, trailers),
-                Collected::Over(data, rest) => Spliced::partial(data, Some(rest), None),
-                Collected::Failed(data, e) => Spliced::partial(data, None, Some(e)),
-            };
-            let req = Request::from_parts(p.parts, ReplayBody::new(body));
-            this.fut.set(Some(ResponseFuture::new(
-                req,
-                p.svc,
-                HttpPolicy::default(),
-                p.shared,
-                p.ctx,
-            )));
-        }
-        match this.fut.as_pin_mut() {
-            Some(fut) => fut.poll(cx),
-            None => unreachable!("set above"),
+        loop {
+            match this.state.as_mut().project() {
+                HttpStateProj::Running { fut } => return fut.poll(cx),
+                HttpStateProj::Buffering { pending } => {
+                    let Some(p) = pending.as_mut() else {
+                        unreachable!("taken only when the state changes")
+                    };
+                    let collected = ready!(p.collector.poll(&mut p.body, cx));
+                    let Some(p) = pending.take() else {
+                        unreachable!("checked above")
+                    };
+                    let body = match collected {
+                        Collected::Full(data, trailers) => Spliced::full(data, trailers),
+                        Collected::Over(data, rest) => Spliced::partial(data, Some(rest), None),
+                        Collected::Failed(data, e) => Spliced::partial(data, None, Some(e)),
+                    };
+                    let req = Request::from_parts(p.parts, ReplayBody::new(body));
+                    this.state.set(HttpState::Running {
+                        fut: ResponseFuture::new(
+                            req,
+                            p.svc,
+                            HttpPolicy::default(),
+                            p.shared,
+                            p.ctx,
+                        ),
+                    });
+                }
+            }
         }
     }
 }
@@ -390,10 +419,12 @@ where
     RB: Body + Unpin,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpResponseFuture")
-            .field("buffering", &self.pending.is_some())
-            .field("fut", &self.fut)
-            .finish()
+        let mut d = f.debug_struct("HttpResponseFuture");
+        match &self.state {
+            HttpState::Buffering { .. } => d.field("buffering", &true),
+            HttpState::Running { fut } => d.field("fut", fut),
+        };
+        d.finish()
     }
 }
 
@@ -415,7 +446,7 @@ where
 
     fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
         InspectFuture {
-            fut: self.inner.call(req),
+            fut: Box::pin(self.inner.call(req)),
             parts: None,
             body: None,
             collector: None,
@@ -433,7 +464,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if this.collector.is_none() {
-            let resp = ready!(this.fut.poll(cx))?;
+            let resp = ready!(this.fut.as_mut().poll(cx))?;
             let status = resp.status().as_u16();
             if !matches!(status, 408 | 409 | 429) || should_retry(resp.headers()) == Some(false) {
                 return Poll::Ready(Ok(resp.map(|b| ResponseBody::new(Spliced::streaming(b)))));
