@@ -27,7 +27,11 @@ pub struct Seen {
 /// Reads what backstop published, both ways.
 pub fn seen<B>(req: &Request<B>) -> Seen {
     let ctx = Context::current();
-    let ext = req.extensions().get::<Context>().cloned().unwrap_or_default();
+    let ext = req
+        .extensions()
+        .get::<Context>()
+        .cloned()
+        .unwrap_or_default();
     Seen {
         ctx_sla: ctx.sla_deadline(),
         ctx_attempt: ctx.attempt_deadline(),

@@ -72,9 +72,7 @@ pub mod http;
 pub mod metrics;
 
 pub use crate::admission::{AdmissionTicket, QueueSlots, WaitBound, WaitDeadline};
-pub use crate::context::{
-    Attempt, Context, RequestId, Rescoped, Scoped,
-};
+pub use crate::context::{Attempt, Context, RequestId, Rescoped, Scoped};
 pub use crate::error::{
     AttemptPhase, AttemptTimedOut, BoxError, ConfigError, CostOverBurst, ErrorKind, MAX_DURATION,
     OverloadReason, Overloaded, SlaExpired, StreamTimedOut, StreamTimeout, check_duration,

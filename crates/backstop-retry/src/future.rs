@@ -42,15 +42,13 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future>,
+        state: State<S::Future, Req>,
         shared: Arc<Shared>,
         ctx: Context,
         policy: P,
         svc: S,
         // The copy to replay, if the policy could make one.
         template: Option<Req>,
-        // The request for the attempt about to call the inner service.
-        next: Option<Req>,
         // The previous attempt's outcome, kept while the next one runs
         // (boxed: only a retried request has one, and the future stays
         // small for the layers that move it).
@@ -62,8 +60,10 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
-        Ready,
+    enum State<F, Req> {
+        // About to call the inner service with this request (here, not in
+        // a field of its own: it shares space with the attempt's future).
+        Ready { next: Option<Req> },
         Calling { #[pin] fut: Scoped<F> },
         // Boxed for the same reason as `last`.
         Backoff { sleep: Pin<Box<Sleep>> },
@@ -83,13 +83,12 @@ where
             None
         };
         Self {
-            state: State::Ready,
+            state: State::Ready { next: Some(req) },
             shared,
             ctx,
             policy,
             svc,
             template,
-            next: Some(req),
             last: None,
             attempt: 1,
             withdrawal: None,
@@ -108,10 +107,9 @@ where
         let mut this = self.project();
         loop {
             let outcome = match this.state.as_mut().project() {
-                StateProj::Ready => {
+                StateProj::Ready { next } => {
                     let mut actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
                     let svc = &mut *this.svc;
-                    let next = &mut *this.next;
                     // One scope around readiness and the call.
                     let called = actx.sync_scope_in_place(|| match svc.poll_ready(cx) {
                         Poll::Pending => None,
@@ -144,14 +142,14 @@ where
                     this.shared.retries.fetch_add(1, Ordering::Relaxed);
                     this.shared.metrics.retry();
                     debug_event!(this.ctx, attempt = *this.attempt, "retry started");
-                    *this.next = if *this.attempt >= this.shared.config.max_attempts {
+                    let next = if *this.attempt >= this.shared.config.max_attempts {
                         this.template.take()
                     } else {
                         this.template
                             .as_ref()
                             .and_then(|t| this.policy.clone_request(t))
                     };
-                    if this.next.is_none() {
+                    if next.is_none() {
                         // The policy could not copy the request this time:
                         // the previous outcome stands.
                         if let Some(out) = this.last.take() {
@@ -159,7 +157,7 @@ where
                             return Poll::Ready(*out);
                         }
                     }
-                    this.state.set(State::Ready);
+                    this.state.set(State::Ready { next });
                     continue;
                 }
                 StateProj::Done => panic!("retry ResponseFuture polled after completion"),
@@ -256,7 +254,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
-            State::Ready => "ready",
+            State::Ready { .. } => "ready",
             State::Calling { .. } => "calling",
             State::Backoff { .. } => "backoff",
             State::Done => "done",

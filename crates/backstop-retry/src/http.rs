@@ -130,23 +130,28 @@ pub struct Inspect<S> {
     inner: S,
 }
 
-pin_project! {
-    /// Response future of [`Inspect`].
-    ///
-    /// The inner future is boxed: it is the whole stack below the retry (an
-    /// HTTP stack's runs to kilobytes), and unboxed every layer above would
-    /// copy it as it builds its own future. One allocation per attempt, on
-    /// the path that already clones the request head for replay.
-    ///
-    /// # Cancellation
-    ///
-    /// Dropping it drops the inner future, or the partly read response.
-    pub struct InspectFuture<F, RB> {
-        fut: Pin<Box<F>>,
+/// Response future of [`Inspect`].
+///
+/// The inner future is boxed: it is the whole stack below the retry (an HTTP
+/// stack's runs to kilobytes), and unboxed every layer above would copy it as
+/// it builds its own future. One allocation per attempt, on the path that
+/// already clones the request head for replay.
+///
+/// # Cancellation
+///
+/// Dropping it drops the inner future, or the partly read response.
+pub struct InspectFuture<F, RB> {
+    state: InspectState<F, RB>,
+}
+
+enum InspectState<F, RB> {
+    Waiting(Pin<Box<F>>),
+    // A 408/409/429: its body is buffered for the policy.
+    Reading {
         parts: Option<http::response::Parts>,
         body: Option<RB>,
-        collector: Option<Collector>,
-    }
+        collector: Collector,
+    },
 }
 
 pin_project! {
@@ -446,10 +451,7 @@ where
 
     fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
         InspectFuture {
-            fut: Box::pin(self.inner.call(req)),
-            parts: None,
-            body: None,
-            collector: None,
+            state: InspectState::Waiting(Box::pin(self.inner.call(req))),
         }
     }
 }
@@ -462,31 +464,37 @@ where
     type Output = Result<Response<ResponseBody<RB>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if this.collector.is_none() {
-            let resp = ready!(this.fut.as_mut().poll(cx))?;
+        let state = &mut self.get_mut().state;
+        if let InspectState::Waiting(fut) = state {
+            let resp = ready!(fut.as_mut().poll(cx))?;
             let status = resp.status().as_u16();
             if !matches!(status, 408 | 409 | 429) || should_retry(resp.headers()) == Some(false) {
                 return Poll::Ready(Ok(resp.map(|b| ResponseBody::new(Spliced::streaming(b)))));
             }
             let (parts, body) = resp.into_parts();
-            *this.parts = Some(parts);
-            *this.body = Some(body);
-            *this.collector = Some(Collector::new(MAX_INSPECT_BYTES));
+            *state = InspectState::Reading {
+                parts: Some(parts),
+                body: Some(body),
+                collector: Collector::new(MAX_INSPECT_BYTES),
+            };
         }
-        let Some(collector) = this.collector.as_mut() else {
+        let InspectState::Reading {
+            parts,
+            body,
+            collector,
+        } = state
+        else {
             unreachable!("set above")
         };
-        let collected = ready!(collector.poll(this.body, cx));
+        let collected = ready!(collector.poll(body, cx));
         let body = match collected {
             Collected::Full(data, trailers) => Spliced::full(data, trailers),
             Collected::Over(data, rest) => Spliced::partial(data, Some(rest), None),
             Collected::Failed(data, e) => Spliced::partial(data, None, Some(e)),
         };
-        let Some(parts) = this.parts.take() else {
-            unreachable!("set with the collector")
+        let Some(parts) = parts.take() else {
+            panic!("`InspectFuture` polled after completion");
         };
-        *this.collector = None;
         Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::new(body))))
     }
 }
@@ -494,7 +502,10 @@ where
 impl<F, RB> fmt::Debug for InspectFuture<F, RB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InspectFuture")
-            .field("reading_body", &self.collector.is_some())
+            .field(
+                "reading_body",
+                &matches!(self.state, InspectState::Reading { .. }),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -25,10 +25,9 @@ mod builder;
 pub use crate::builder::{ServiceBuilderExt, slot};
 
 pub use backstop_core::{
-    Attempt, AttemptTimedOut, BoxError, ConfigError, Context,
-    CostOverBurst, ErrorKind, OverloadReason, Overloaded, RequestId, SetRequestId,
-    SetRequestIdLayer, SlaExpired, StreamTimedOut, StreamTimeout, admission as ticket,
-    classify, find,
+    Attempt, AttemptTimedOut, BoxError, ConfigError, Context, CostOverBurst, ErrorKind,
+    OverloadReason, Overloaded, RequestId, SetRequestId, SetRequestIdLayer, SlaExpired,
+    StreamTimedOut, StreamTimeout, admission as ticket, classify, find,
 };
 
 /// The HTTP mapping, `X-Request-ID` rules and context propagation.

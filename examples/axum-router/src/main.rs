@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::Extension;
+use axum::Router;
 use axum::routing::get;
 use backstop::attempt_timeout::AttemptTimeoutLayer;
 use backstop::concurrency::ConcurrencyLimitLayer;

@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -82,20 +83,31 @@ where
             }
             None => {
                 let id = RequestId::generate();
-                // A UUID is always a valid header value.
-                let header = HeaderValue::from_str(id.as_str())
+                // The header shares the id's allocation (its clones are
+                // reference counts); a UUID is always a valid header value.
+                let header = HeaderValue::from_maybe_shared(Bytes::from_owner(IdBytes(id.clone())))
                     .unwrap_or_else(|_| HeaderValue::from_static(""));
                 (id, header)
             }
         };
         req.headers_mut().insert(X_REQUEST_ID, header.clone());
         req.extensions_mut().insert(id.clone());
-        let ctx = Context::current().with_request_id(id);
-        let fut = ctx.clone().sync_scope(|| self.inner.call(req));
+        let mut ctx = Context::current().with_request_id(id);
+        let fut = ctx.sync_scope_in_place(|| self.inner.call(req));
         ResponseFuture {
             inner: ctx.scope(fut),
             header: Some(header),
         }
+    }
+}
+
+/// A request id as the owner of a `Bytes`: the header value made from it
+/// borrows the id's own allocation.
+struct IdBytes(RequestId);
+
+impl AsRef<[u8]> for IdBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_str().as_bytes()
     }
 }
 
