@@ -41,9 +41,10 @@ pin_project! {
     ///
     /// # Cancellation
     ///
-    /// Holds the buffered first frame, the inner body and one timer (boxed:
-    /// one allocation per streaming response, so the body is `Unpin` when
-    /// the inner body is).
+    /// Holds the buffered first frame, the inner body and at most one timer
+    /// (boxed, so the body is `Unpin` when the inner body is; created only
+    /// once the inner body makes it wait, so a body that never waits, such
+    /// as a JSON answer read in one go, allocates none).
     /// Dropping it drops them all; nothing else is held.
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub struct ResponseBody<B>
@@ -62,11 +63,12 @@ pin_project! {
         Streaming {
             #[pin]
             body: B,
-            // One boxed timer per streaming response, armed at the earlier of
-            // the idle deadline and the maximum: boxed so the body is `Unpin`
-            // whenever the inner body is (the HTTP retry moves bodies), and
-            // one timer instead of two.
-            timer: Pin<Box<Sleep>>,
+            // At most one boxed timer per streaming response, armed at the
+            // earlier of the idle deadline and the maximum: boxed so the body
+            // is `Unpin` whenever the inner body is (the HTTP retry moves
+            // bodies), one timer instead of two, and created at the first
+            // poll that finds no frame.
+            timer: Option<Pin<Box<Sleep>>>,
             idle_at: Option<Instant>,
             idle_timeout: Duration,
             max_at: Instant,
@@ -89,7 +91,7 @@ impl<B: Body> ResponseBody<B> {
             first: Some(first),
             state: State::Streaming {
                 body,
-                timer: Box::pin(sleep_until(max_at)),
+                timer: None,
                 idle_at: None,
                 idle_timeout,
                 max_at,
@@ -160,9 +162,15 @@ where
                             // 24 h: no overflow.
                             let idle = *idle_at.get_or_insert(now + *idle_timeout);
                             let due = idle.min(*max_at);
-                            if timer.deadline() != due {
-                                timer.as_mut().reset(due);
-                            }
+                            let timer = match timer {
+                                Some(timer) => {
+                                    if timer.deadline() != due {
+                                        timer.as_mut().reset(due);
+                                    }
+                                    timer
+                                }
+                                None => timer.insert(Box::pin(sleep_until(due))),
+                            };
                             if timer.as_mut().poll(cx).is_pending() {
                                 return Poll::Pending;
                             }

@@ -7,12 +7,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
 
+use backstop_core::clock::LazySleep;
 use backstop_core::{AttemptTimedOut, BoxError, ConfigError, Scoped, SlaExpired, check_duration};
 use http::response::Parts;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::{Duration, Instant, Sleep, sleep_until};
+use tokio::time::{Duration, Instant};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -237,7 +238,7 @@ where
         let first_byte = Bound::new(start.now + t.first_byte, start.sla);
         HttpResponseFuture {
             state: State::Running {
-                sleep: sleep_until(start.armed.at),
+                sleep: LazySleep::new(start.armed.at),
                 phase: Phase::Head {
                     inner: start.ctx.scope(fut),
                 },
@@ -294,8 +295,10 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Running {
+            // Created only if the head or the first frame keeps it waiting;
+            // moved to the first-byte deadline without registering.
             #[pin]
-            sleep: Sleep,
+            sleep: LazySleep,
             #[pin]
             phase: Phase<F, B>,
             plan: Plan,

@@ -159,6 +159,20 @@ impl LazySleep {
         self.deadline
     }
 
+    /// Moves the deadline. Before the timer is created this only records
+    /// it: nothing is registered with the runtime until the first poll
+    /// (tokio's `Sleep::reset` registers the timer at once).
+    #[inline]
+    pub fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        let mut this = self.project();
+        *this.deadline = deadline;
+        if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+            if sleep.deadline() != deadline {
+                sleep.reset(deadline);
+            }
+        }
+    }
+
     /// Whether the timer has been created (polled at least once).
     #[inline]
     pub fn is_armed(&self) -> bool {
@@ -246,6 +260,24 @@ mod tests {
         let mut timer = tokio_test::task::spawn(timer);
         tokio_test::assert_pending!(timer.poll());
         assert!(timer.enter(|_, t| t.is_armed()));
+        advance(Duration::from_secs(1)).await;
+        tokio_test::assert_pending!(timer.poll());
+        advance(Duration::from_secs(1)).await;
+        tokio_test::assert_ready!(timer.poll());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lazy_sleep_resets_before_and_after_arming() {
+        let now = Instant::now();
+        let mut timer = Box::pin(LazySleep::new(now + Duration::from_secs(5)));
+        // Unarmed: only the deadline moves.
+        timer.as_mut().reset(now + Duration::from_secs(1));
+        assert!(!timer.is_armed());
+        assert_eq!(timer.deadline(), now + Duration::from_secs(1));
+        let mut timer = tokio_test::task::spawn(timer);
+        tokio_test::assert_pending!(timer.poll());
+        // Armed: the timer itself moves.
+        timer.enter(|_, t| t.get_mut().as_mut().reset(now + Duration::from_secs(2)));
         advance(Duration::from_secs(1)).await;
         tokio_test::assert_pending!(timer.poll());
         advance(Duration::from_secs(1)).await;
