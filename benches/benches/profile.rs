@@ -5,7 +5,9 @@
 //! `sla`, `attempt-timeout`, `shield`, `admission`, `rate-limit`,
 //! `concurrency`, `retry`, `full`, `tower-full`, `tower-timeout`,
 //! `tower-concurrency`, `tower-retry`, `tower-buffer-rate-limit`,
-//! `tower-load-shed`; `sizes` prints the size of every
+//! `tower-load-shed`, and `http-bare` / `http-full` (a small JSON request and
+//! response through [`backstop_benches::http_stack`], body read to the end);
+//! `sizes` prints the size of every
 //! configuration's response future and `oneshot` future. The loop runs in
 //! `run_loop` so a profiler can scope its counts to it (callgrind:
 //! `--toggle-collect=*run_loop*`). See `RESULTS.md`.
@@ -43,6 +45,28 @@ where
     );
 }
 
+/// The HTTP loop: build a request, call, read the whole response body.
+#[inline(never)]
+async fn run_http_loop<S, B>(svc: S, calls: u64) -> u64
+where
+    S: Service<b::HttpReq, Response = http::Response<B>> + Clone,
+    B: http_body::Body,
+{
+    use http_body_util::BodyExt;
+    let mut errors = 0;
+    for _ in 0..calls {
+        match svc.clone().oneshot(b::http_request()).await {
+            Ok(res) => {
+                if res.into_body().collect().await.is_err() {
+                    errors += 1;
+                }
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    errors
+}
+
 /// Sizes of the response futures and of `oneshot`, each configuration.
 fn sizes() {
     size("bare", &b::noop());
@@ -57,6 +81,11 @@ fn sizes() {
     size("tower-full", &b::tower_stack(b::noop()));
     let t = tower::timeout::TimeoutLayer::new(b::SLA).layer(b::noop());
     size("tower-timeout", &t);
+    eprintln!(
+        "http-bare: oneshot {} B; http-full: oneshot {} B",
+        std::mem::size_of_val(&b::http_upstream().oneshot(b::http_request())),
+        std::mem::size_of_val(&b::http_stack().oneshot(b::http_request()))
+    );
 }
 
 fn main() {
@@ -83,6 +112,8 @@ fn main() {
             "concurrency" => run_loop(b::concurrency().layer(b::noop()), calls).await,
             "retry" => run_loop(b::retry().layer(b::noop()), calls).await,
             "full" => run_loop(b::backstop_stack(b::noop()), calls).await,
+            "http-bare" => run_http_loop(b::http_upstream(), calls).await,
+            "http-full" => run_http_loop(b::http_stack(), calls).await,
             "tower-full" => run_loop(b::tower_stack(b::noop()), calls).await,
             "tower-timeout" => {
                 run_loop(

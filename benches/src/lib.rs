@@ -229,3 +229,74 @@ where
         .timeout(ATTEMPT)
         .service(inner)
 }
+
+/// A request of the HTTP stack benches: what a gateway hands the stack once
+/// it has read a small JSON body.
+pub type HttpReq = http::Request<http_body_util::Full<bytes::Bytes>>;
+
+/// A response of the HTTP stack benches.
+pub type HttpRes<B> = http::Response<B>;
+
+/// A small JSON chat request, as the HTTP stack benches send it.
+pub fn http_request() -> HttpReq {
+    http::Request::post("/v1/chat/completions")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .expect("a valid request")
+}
+
+/// An upstream that answers every request at once with a small JSON body.
+pub fn http_upstream<B>() -> impl Service<
+    http::Request<B>,
+    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
++ Send
++ Sync
++ 'static
+where
+    B: Send + 'static,
+{
+    service_fn(|_req: http::Request<B>| {
+        ready(Ok(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(br#"{"ok":true,"usage":{"total_tokens":3}}"#),
+        ))))
+    })
+}
+
+/// Every backstop layer with its HTTP behaviour, as the gateway stacks them
+/// (request id, error mapping, shield, SLA, HTTP retry with body replay,
+/// admission, two rate limits, the concurrency limit held to body end, the
+/// HTTP attempt timeout, the context copied into the extensions), over
+/// [`http_upstream`], with limits that do not bind.
+pub fn http_stack() -> impl Service<
+    HttpReq,
+    Response = http::Response<impl http_body::Body<Data = bytes::Bytes, Error: std::fmt::Debug> + Send>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    ServiceBuilder::new()
+        .layer(backstop::SetRequestIdLayer::new().http())
+        .layer(backstop::http::ErrorResponseLayer::new())
+        .shielded_on_cancel(shield().for_http())
+        .sla_timeout(sla())
+        .retrying(
+            RetryLayer::builder()
+                .for_http()
+                .build()
+                .expect("valid retry"),
+        )
+        .queue_admission(admission())
+        .rate_limited(rate_limit())
+        .rate_limited(rate_limit())
+        .concurrency_limited(concurrency().release_at_body_end())
+        .attempt_timeout(attempt_timeout().for_http())
+        .layer(backstop::http::PropagateContextLayer::new())
+        .service(http_upstream())
+}

@@ -499,9 +499,18 @@ impl RequestId {
     pub const MAX_LEN: usize = 128;
 
     /// A fresh UUIDv7 id (time-ordered, random tail).
+    ///
+    /// Ids from one thread are strictly ordered; across threads, by
+    /// millisecond. Each thread keeps its own UUIDv7 counter (uuid's
+    /// `now_v7` shares one behind a mutex, a lock per request).
     pub fn generate() -> Self {
+        use uuid::timestamp::context::{ContextV7, ThreadLocalContext};
+        thread_local! {
+            static V7: ContextV7 = const { ContextV7::new() };
+        }
+        let ts = uuid::Timestamp::now(ThreadLocalContext::new(&V7));
         let mut buf = uuid::Uuid::encode_buffer();
-        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        let s = uuid::Uuid::new_v7(ts).hyphenated().encode_lower(&mut buf);
         Self(Arc::from(&*s))
     }
 
@@ -663,6 +672,19 @@ mod tests {
         assert!(caught.is_err());
         assert_eq!(own.attempt(), Some(Attempt(2)));
         assert!(Context::try_current().is_none());
+    }
+
+    #[test]
+    fn generated_ids_are_ordered_per_thread_and_unique_across_threads() {
+        let per_thread = || (0..2000).map(|_| RequestId::generate()).collect::<Vec<_>>();
+        let a = std::thread::spawn(per_thread).join().unwrap();
+        let b = std::thread::spawn(per_thread).join().unwrap();
+        // UUIDv7 text sorts by time, then by the thread's counter.
+        assert!(a.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+        let mut all: Vec<&str> = a.iter().chain(&b).map(RequestId::as_str).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 4000);
     }
 
     #[test]
