@@ -10,8 +10,9 @@ use axum::body::Body;
 use backstop::BoxError;
 use backstop::Context;
 use backstop_core::http::header::X_REQUEST_TIMEOUT_MS;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -128,11 +129,32 @@ impl Service<Request<Body>> for SharedUpstream {
 
 /// Applies the request wire rules of CONFIG.md to each attempt and converts
 /// the body for the [`Upstream`].
+///
+/// The settings sit behind one `Arc`: the limiters above clone the stack
+/// below them once each per request and keep the clone in their futures, so
+/// this service stays one pointer wide and one reference count to clone.
 #[derive(Clone, Debug)]
 pub struct ForwardLayer {
-    base: Arc<str>,
+    cfg: Arc<ForwardConfig>,
+}
+
+#[derive(Debug)]
+struct ForwardConfig {
+    base: Box<str>,
+    /// `base`, parsed once (`None` if it does not parse: then each request
+    /// goes through [`join`](Self::join)).
+    target: Option<Target>,
     api_key: Option<HeaderValue>,
     forward_client_auth: bool,
+}
+
+/// The parts of the upstream base URL each request's URI is built from.
+#[derive(Clone, Debug)]
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base's path without its trailing `/` (empty for none).
+    prefix: Bytes,
 }
 
 impl ForwardLayer {
@@ -152,16 +174,56 @@ impl ForwardLayer {
                 Some(v)
             }
         };
+        let base = base.trim_end_matches('/');
+        let target = base.parse::<Uri>().ok().and_then(|uri| {
+            let prefix = uri.path().trim_end_matches('/');
+            Some(Target {
+                prefix: Bytes::copy_from_slice(prefix.as_bytes()),
+                scheme: uri.scheme()?.clone(),
+                authority: uri.authority()?.clone(),
+            })
+        });
         Ok(Self {
-            base: Arc::from(base.trim_end_matches('/')),
-            api_key,
-            forward_client_auth,
+            cfg: Arc::new(ForwardConfig {
+                base: Box::from(base),
+                target,
+                api_key,
+                forward_client_auth,
+            }),
         })
+    }
+
+    /// The upstream URI for a request's path and query: what
+    /// [`join`](Self::join) gives, parsed, without formatting and parsing
+    /// the whole URI per request. The common case (no path prefix, or only
+    /// the `/v1` the path starts with) reuses the request's path as is.
+    pub fn uri_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
+        let Some(t) = &self.cfg.target else {
+            return self.join(path_and_query.as_str()).parse().ok();
+        };
+        let pq = path_and_query.as_str();
+        let prefix = match t.prefix.strip_suffix(b"/v1") {
+            Some(rest) if pq.starts_with("/v1/") || pq == "/v1" => rest,
+            _ => &t.prefix[..],
+        };
+        let path_and_query = if prefix.is_empty() {
+            path_and_query.clone()
+        } else {
+            let mut joined = BytesMut::with_capacity(prefix.len() + pq.len());
+            joined.extend_from_slice(prefix);
+            joined.extend_from_slice(pq.as_bytes());
+            PathAndQuery::from_maybe_shared(joined.freeze()).ok()?
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(t.scheme.clone());
+        parts.authority = Some(t.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).ok()
     }
 
     /// The upstream URI for a path and query, without doubling `/v1`.
     pub fn join(&self, path_and_query: &str) -> String {
-        let base = &*self.base;
+        let base = &*self.cfg.base;
         if base.ends_with("/v1") && (path_and_query.starts_with("/v1/") || path_and_query == "/v1")
         {
             format!("{}{}", &base[..base.len() - 3], path_and_query)
@@ -176,7 +238,7 @@ impl<S> Layer<S> for ForwardLayer {
     fn layer(&self, inner: S) -> Forward<S> {
         Forward {
             inner,
-            cfg: self.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -185,7 +247,7 @@ impl<S> Layer<S> for ForwardLayer {
 #[derive(Clone, Debug)]
 pub struct Forward<S> {
     inner: S,
-    cfg: ForwardLayer,
+    layer: ForwardLayer,
 }
 
 /// How many names [`HOP_BY_HOP`] lists.
@@ -263,11 +325,11 @@ where
         }
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
-        match &self.cfg.api_key {
+        match &self.layer.cfg.api_key {
             Some(k) => {
                 h.insert(header::AUTHORIZATION, k.clone());
             }
-            None if self.cfg.forward_client_auth => {}
+            None if self.layer.cfg.forward_client_auth => {}
             None => {
                 h.remove(header::AUTHORIZATION);
             }
@@ -292,11 +354,11 @@ where
                 h.remove(X_REQUEST_TIMEOUT_MS);
             }
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
-        if let Ok(uri) = self.cfg.join(pq).parse::<Uri>() {
+        let uri = match parts.uri.path_and_query() {
+            Some(pq) => self.layer.uri_for(pq),
+            None => self.layer.uri_for(&PathAndQuery::from_static("/")),
+        };
+        if let Some(uri) = uri {
             parts.uri = uri;
         }
         parts.version = http::Version::HTTP_11;
@@ -325,6 +387,41 @@ mod tests {
         );
         let f = ForwardLayer::new("http://h:1/proxy/", None, false).unwrap();
         assert_eq!(f.join("/v1/models?x=1"), "http://h:1/proxy/v1/models?x=1");
+    }
+
+    #[test]
+    fn uri_for_agrees_with_join() {
+        let bases = [
+            "http://127.0.0.1:8081/v1",
+            "http://127.0.0.1:8081",
+            "http://127.0.0.1:8081/",
+            "https://api.example.com/v1/",
+            "http://h:1/proxy",
+            "http://h:1/proxy/v1",
+            "http://h:1/a/b/",
+            "http://user@h/v1x",
+            "http://simulated-vendor",
+        ];
+        let paths = [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1/chat/completions",
+            "/v1/models?x=1&y=%20",
+            "/v10/x",
+            "/v1x",
+            "/other?q",
+        ];
+        for base in bases {
+            let f = ForwardLayer::new(base, None, false).unwrap();
+            assert!(f.cfg.target.is_some(), "{base}");
+            for pq in paths {
+                let want: Uri = f.join(pq).parse().unwrap();
+                let got = f.uri_for(&pq.parse().unwrap()).unwrap();
+                assert_eq!(got, want, "{base} + {pq}");
+                assert_eq!(got.to_string(), want.to_string(), "{base} + {pq}");
+            }
+        }
     }
 
     #[test]
