@@ -77,7 +77,7 @@ impl Info {
             .as_millis() as u64;
         tracing::info!(
             request_id = self.request_id.as_ref().map(RequestId::as_str),
-            method = %self.method,
+            method = self.method.as_str(),
             path = &*self.path,
             status = self.status.map(|s| s.as_u16()),
             attempts = self.attempts.get(),
