@@ -17,7 +17,7 @@ use backstop::rate_limit::RateLimitLayer;
 use backstop::retry::{Jitter as RetryJitter, RetryLayer, RetryStats};
 use backstop::shield::{Completion, HookTracker, ShieldedOnCancelLayer, sync_hook};
 use backstop::sla::SlaTimeoutLayer;
-use backstop::{Context, CostOverBurst, ErrorKind, RequestId, SetRequestIdLayer};
+use backstop::{BoxError, Context, CostOverBurst, ErrorKind, RequestId, SetRequestIdLayer};
 use backstop_core::http::header::X_REQUEST_TIMEOUT_MS;
 use backstop_core::http::{
     ErrorResponseLayer, PropagateContextLayer, json_error, retry_after_headers,
@@ -28,15 +28,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::{Config, Jitter};
+use crate::service::{GatewayBody, HttpApp, RequestBody};
 use crate::tokens::{CollectLayer, SettleLayer, TokenEstimate, estimate};
 use crate::trace::{CountErrorsLayer, HeadArrival, TraceLayer};
 use crate::upstream::{ForwardLayer, SharedUpstream, Upstream};
-
-type Stack = BoxCloneSyncService<http::Request<Full<Bytes>>, Response, Infallible>;
 
 /// An error building the app: the setting (as a config key) and why.
 pub type BuildError = crate::config::ConfigError;
@@ -60,11 +58,15 @@ pub struct Handles {
     pub completed: Arc<AtomicU64>,
 }
 
-/// What [`build`] makes: the router and its handles.
+/// What [`build`] makes: the app, as a router and as the server's service,
+/// and its handles.
 #[derive(Debug, Clone)]
 pub struct App {
-    /// The full router, outer layers included.
+    /// The full app, outer layers included, as an axum router (in-process
+    /// use and tests); it hands every request to [`http`](Self::http).
     pub router: Router,
+    /// The full app as the server drives it (see [`HttpApp`]).
+    pub http: HttpApp,
     /// Handles into the stack.
     pub handles: Handles,
 }
@@ -80,8 +82,8 @@ pub struct AppOptions {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
+/// What every route shares.
 struct Gateway {
-    stacks: Vec<Stack>,
     client_keys: Vec<Vec<u8>>,
     client_tpm: Vec<Option<u64>>,
     tokens_burst: Option<u64>,
@@ -294,12 +296,10 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
             .layer(PropagateContextLayer::new())
             .layer(forward.clone())
             .service(upstream.clone());
-        let stack = stack.map_response(|res| res.map(Body::new));
-        stacks.push(BoxCloneSyncService::new(stack));
+        stacks.push(stack);
     }
 
     let gw = Arc::new(Gateway {
-        stacks,
         client_keys: config
             .clients
             .iter()
@@ -319,10 +319,54 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
         metrics: options.metrics,
     });
 
-    let router = Router::new()
-        .route("/v1/chat/completions", post(v1))
-        .route("/v1/completions", post(v1))
-        .route("/v1/embeddings", post(v1))
+    let v1 = Routes(Arc::new(RoutesInner {
+        gw: Arc::clone(&gw),
+        stacks,
+    }));
+    let others = router(gw, &v1);
+    let http = HttpApp::new(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new().http())
+            .layer(TraceLayer::new(options.shutdown))
+            .service_fn(move |req| dispatch(v1.clone(), others.clone(), req)),
+    );
+    let router = Router::new().fallback_service(http.clone());
+    Ok(App {
+        router,
+        http,
+        handles,
+    })
+}
+
+/// The axum router behind [`Dispatch`]: every route, so that what the fast
+/// path does not take (other methods, `HEAD`, unknown paths) is answered as
+/// an axum router answers it.
+fn router<S, SB>(gw: Arc<Gateway>, v1_routes: &Routes<S>) -> Router
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    let v1 = {
+        let v1_routes = v1_routes.clone();
+        move |req: Request| {
+            let v1_routes = v1_routes.clone();
+            async move {
+                v1_routes
+                    .v1(req.map(RequestBody::from))
+                    .await
+                    .map(Body::new)
+            }
+        }
+    };
+    Router::new()
+        .route("/v1/chat/completions", post(v1.clone()))
+        .route("/v1/completions", post(v1.clone()))
+        .route("/v1/embeddings", post(v1.clone()))
         .route("/v1/models", get(v1))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -330,29 +374,57 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(gw)
-        .layer(
-            ServiceBuilder::new()
-                .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-                    panic_response,
-                ))
-                .layer(SetRequestIdLayer::new().http())
-                .layer(TraceLayer::new(options.shutdown)),
-        );
-    Ok(App { router, handles })
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> http::Response<Full<Bytes>> {
-    tracing::error!("handler panicked");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorKind::Internal,
-        "internal error",
-        None,
-    )
-    .map(Full::new)
+/// Whether a request is one of the `/v1` routes on its method: those go
+/// straight to the per-client stacks.
+fn is_v1(method: &Method, path: &str) -> bool {
+    match path {
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => method == Method::POST,
+        "/v1/models" => method == Method::GET,
+        _ => false,
+    }
 }
 
-fn request_id(req: &Request) -> Option<RequestId> {
+/// The innermost of the outer layers: the `/v1` routes by hand, the rest
+/// through the axum router.
+async fn dispatch<S, SB>(
+    v1: Routes<S>,
+    others: Router,
+    req: http::Request<RequestBody>,
+) -> Result<http::Response<GatewayBody<SB>>, Infallible>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    if is_v1(req.method(), req.uri().path()) {
+        Ok(v1.v1(req).await)
+    } else {
+        let res = others.oneshot(req).await?;
+        Ok(res.map(GatewayBody::from))
+    }
+}
+
+/// The `/v1` routes: what they share and the per-client stacks.
+struct Routes<S>(Arc<RoutesInner<S>>);
+
+impl<S> Clone for Routes<S> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+struct RoutesInner<S> {
+    gw: Arc<Gateway>,
+    stacks: Vec<S>,
+}
+
+fn request_id<B>(req: &http::Request<B>) -> Option<RequestId> {
     req.extensions().get::<RequestId>().cloned()
 }
 
@@ -476,134 +548,170 @@ impl Drop for BufferedGuard<'_> {
     }
 }
 
-/// Every `/v1/*` route: auth, the deadline from head arrival, body limit,
-/// buffer and parse, then the per-client stack.
-async fn v1(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let head = req
-        .extensions()
-        .get::<HeadArrival>()
-        .map_or_else(Instant::now, |h| h.0);
-    let id = request_id(&req);
-    let id = id.as_ref();
-    let Some(client) = gw.authenticate(req.headers()) else {
-        return gw.error(
-            StatusCode::UNAUTHORIZED,
-            ErrorKind::Unauthorized,
-            "missing or wrong client key",
-            id,
-        );
-    };
-    let budget = match client_deadline(req.headers()) {
-        Ok(Some(d)) => d.min(gw.sla),
-        Ok(None) => gw.sla,
-        Err(()) => {
-            return gw.error(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::InvalidRequest,
-                "x-request-timeout-ms must be one positive integer",
-                id,
-            );
+impl<S, SB> Routes<S>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    /// Every `/v1/*` route: auth, the deadline from head arrival, body
+    /// limit, buffer and parse, then the per-client stack.
+    async fn v1(self, req: http::Request<RequestBody>) -> http::Response<GatewayBody<SB>> {
+        match self.v1_checked(req).await {
+            Ok(res) => res.map(|body| GatewayBody::Stack { body }),
+            Err(generated) => generated.map(GatewayBody::from),
         }
-    };
-    let deadline = head + budget;
-    let ctx = Context::current().with_sla_deadline(deadline);
-    ctx.scope(v1_inner(&gw, client, deadline, req, id)).await
-}
+    }
 
-async fn v1_inner(
-    gw: &Gateway,
-    client: usize,
-    deadline: Instant,
-    req: Request,
-    id: Option<&RequestId>,
-) -> Response {
-    let (mut parts, body) = req.into_parts();
-    if let Some(len) = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        if len > gw.max_body as u64 {
-            return too_large(gw, id);
-        }
-    }
-    let read = tokio::time::timeout_at(deadline, Limited::new(body, gw.max_body).collect()).await;
-    let bytes = match read {
-        Err(_) => {
-            return gw.error(
-                StatusCode::GATEWAY_TIMEOUT,
-                ErrorKind::Timeout,
-                "SLA deadline expired while reading the request body",
+    /// [`v1`](Self::v1), with the errors the gateway answers itself as
+    /// `Err`.
+    async fn v1_checked(
+        &self,
+        req: http::Request<RequestBody>,
+    ) -> Result<http::Response<SB>, Response> {
+        let gw = &*self.0.gw;
+        let head = req
+            .extensions()
+            .get::<HeadArrival>()
+            .map_or_else(Instant::now, |h| h.0);
+        let id = request_id(&req);
+        let id = id.as_ref();
+        let Some(client) = gw.authenticate(req.headers()) else {
+            return Err(gw.error(
+                StatusCode::UNAUTHORIZED,
+                ErrorKind::Unauthorized,
+                "missing or wrong client key",
                 id,
-            );
-        }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(gw, id),
-        Ok(Err(_)) => {
-            return gw.error(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::InvalidRequest,
-                "could not read the request body",
-                id,
-            );
-        }
-        Ok(Ok(c)) => c.to_bytes(),
-    };
-    let now = gw.buffered.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
-    let _guard = BufferedGuard {
-        counter: &gw.buffered,
-        n: bytes.len(),
-    };
-    if now > gw.max_buffered {
-        let mut res = gw.error(
-            gw.overload_status,
-            ErrorKind::Overloaded,
-            "too many request bytes buffered",
-            id,
-        );
-        retry_after_headers(res.headers_mut(), gw.retry_after);
-        return res;
-    }
-    let requested = if parts.method == Method::POST {
-        match crate::json::request_fields(&bytes) {
-            Some(fields) => fields.completion(),
-            None => {
-                return gw.error(
+            ));
+        };
+        let budget = match client_deadline(req.headers()) {
+            Ok(Some(d)) => d.min(gw.sla),
+            Ok(None) => gw.sla,
+            Err(()) => {
+                return Err(gw.error(
                     StatusCode::BAD_REQUEST,
                     ErrorKind::InvalidRequest,
-                    "the request body must be a JSON object",
+                    "x-request-timeout-ms must be one positive integer",
                     id,
-                );
+                ));
+            }
+        };
+        let deadline = head + budget;
+        let ctx = Context::current().with_sla_deadline(deadline);
+        ctx.scope(self.v1_inner(client, deadline, req, id)).await
+    }
+
+    async fn v1_inner(
+        &self,
+        client: usize,
+        deadline: Instant,
+        req: http::Request<RequestBody>,
+        id: Option<&RequestId>,
+    ) -> Result<http::Response<SB>, Response> {
+        let gw = &*self.0.gw;
+        let (mut parts, body) = req.into_parts();
+        if let Some(len) = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            if len > gw.max_body as u64 {
+                return Err(too_large(gw, id));
             }
         }
-    } else {
-        None
-    };
-    let est = estimate(
-        parts.uri.path(),
-        bytes.len(),
-        requested,
-        gw.default_completion,
-    );
-    let limits = [
-        gw.tokens_burst,
-        gw.client_tpm.get(client).copied().flatten(),
-    ];
-    for limit in limits.into_iter().flatten() {
-        if est > limit {
-            let e = CostOverBurst::new(est, limit);
-            return gw.error(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::InvalidRequest,
-                &e.to_string(),
+        let read =
+            tokio::time::timeout_at(deadline, Limited::new(body, gw.max_body).collect()).await;
+        let bytes = match read {
+            Err(_) => {
+                return Err(gw.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ErrorKind::Timeout,
+                    "SLA deadline expired while reading the request body",
+                    id,
+                ));
+            }
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(too_large(gw, id));
+            }
+            Ok(Err(_)) => {
+                return Err(gw.error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    "could not read the request body",
+                    id,
+                ));
+            }
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+        let now = gw.buffered.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        let _guard = BufferedGuard {
+            counter: &gw.buffered,
+            n: bytes.len(),
+        };
+        if now > gw.max_buffered {
+            let mut res = gw.error(
+                gw.overload_status,
+                ErrorKind::Overloaded,
+                "too many request bytes buffered",
                 id,
             );
+            retry_after_headers(res.headers_mut(), gw.retry_after);
+            return Err(res);
         }
-    }
-    parts.extensions.insert(TokenEstimate(est));
-    let req = http::Request::from_parts(parts, Full::new(bytes));
-    match gw.stacks[client].clone().oneshot(req).await {
-        Ok(res) => res,
-        Err(never) => match never {},
+        let requested = if parts.method == Method::POST {
+            match crate::json::request_fields(&bytes) {
+                Some(fields) => fields.completion(),
+                None => {
+                    return Err(gw.error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorKind::InvalidRequest,
+                        "the request body must be a JSON object",
+                        id,
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let est = estimate(
+            parts.uri.path(),
+            bytes.len(),
+            requested,
+            gw.default_completion,
+        );
+        let limits = [
+            gw.tokens_burst,
+            gw.client_tpm.get(client).copied().flatten(),
+        ];
+        for limit in limits.into_iter().flatten() {
+            if est > limit {
+                let e = CostOverBurst::new(est, limit);
+                return Err(gw.error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    &e.to_string(),
+                    id,
+                ));
+            }
+        }
+        parts.extensions.insert(TokenEstimate(est));
+        let req = http::Request::from_parts(parts, Full::new(bytes));
+        let mut stack = self.0.stacks[client].clone();
+        if let Err(never) = stack.ready().await {
+            match never {}
+        }
+        // The stack's future is several KiB: boxed where it is made, so the
+        // futures of this handler and of the outer layers stay small (each
+        // of them is moved as it is built).
+        let fut = Box::pin(stack.call(req));
+        match fut.await {
+            Ok(res) => Ok(res),
+            Err(never) => match never {},
+        }
     }
 }
 

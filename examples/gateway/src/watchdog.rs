@@ -155,11 +155,12 @@ pin_project! {
 }
 
 impl<B> WatchedBody<B> {
-    /// Wraps `inner`, watched by `watch` until it ends or is dropped.
-    pub fn new(inner: B, watch: Watch) -> Self {
+    /// Wraps `inner`, watched by `watch` (if any) until it ends or is
+    /// dropped.
+    pub fn new(inner: B, watch: impl Into<Option<Watch>>) -> Self {
         Self {
             inner,
-            watch: Some(watch),
+            watch: watch.into(),
         }
     }
 }
