@@ -1,8 +1,11 @@
 //! The router: the whole stack in DESIGN's order.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -24,16 +27,16 @@ use backstop_core::http::{
 };
 use backstop_core::metrics::ErrorCounters;
 use backstop_health::Readiness;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use tokio::time::Instant;
+use http_body_util::Full;
+use tokio::time::{Instant, Sleep, sleep_until};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::{Config, Jitter};
 use crate::service::{GatewayBody, HttpApp, RequestBody};
 use crate::tokens::{CollectLayer, SettleLayer, TokenEstimate, estimate};
-use crate::trace::{CountErrorsLayer, HeadArrival, TraceLayer};
+use crate::trace::{CountErrorsLayer, RequestMeta, TraceLayer};
 use crate::upstream::{ForwardLayer, SharedUpstream, Upstream};
 
 /// An error building the app: the setting (as a config key) and why.
@@ -403,10 +406,18 @@ where
     SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     if is_v1(req.method(), req.uri().path()) {
-        Ok(v1.v1(req).await)
+        Ok(v1_response(v1.v1(req).await))
     } else {
         let res = others.oneshot(req).await?;
         Ok(res.map(GatewayBody::from))
+    }
+}
+
+/// A `/v1` answer: the stack's response, or one the gateway made.
+fn v1_response<SB>(res: Result<http::Response<SB>, Response>) -> http::Response<GatewayBody<SB>> {
+    match res {
+        Ok(res) => res.map(|body| GatewayBody::Stack { body }),
+        Err(generated) => generated.map(GatewayBody::from),
     }
 }
 
@@ -559,25 +570,14 @@ where
     SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     /// Every `/v1/*` route: auth, the deadline from head arrival, body
-    /// limit, buffer and parse, then the per-client stack.
-    async fn v1(self, req: http::Request<RequestBody>) -> http::Response<GatewayBody<SB>> {
-        match self.v1_checked(req).await {
-            Ok(res) => res.map(|body| GatewayBody::Stack { body }),
-            Err(generated) => generated.map(GatewayBody::from),
-        }
-    }
-
-    /// [`v1`](Self::v1), with the errors the gateway answers itself as
-    /// `Err`.
-    async fn v1_checked(
-        &self,
-        req: http::Request<RequestBody>,
-    ) -> Result<http::Response<SB>, Response> {
+    /// limit, buffer and parse, then the per-client stack; the errors the
+    /// gateway answers itself as `Err` (see [`v1_response`]).
+    async fn v1(&self, req: http::Request<RequestBody>) -> Result<http::Response<SB>, Response> {
         let gw = &*self.0.gw;
         let head = req
             .extensions()
-            .get::<HeadArrival>()
-            .map_or_else(Instant::now, |h| h.0);
+            .get::<RequestMeta>()
+            .map_or_else(Instant::now, |m| m.arrival);
         let id = request_id(&req);
         let id = id.as_ref();
         let Some(client) = gw.authenticate(req.headers()) else {
@@ -623,10 +623,8 @@ where
                 return Err(too_large(gw, id));
             }
         }
-        let read =
-            tokio::time::timeout_at(deadline, Limited::new(body, gw.max_body).collect()).await;
-        let bytes = match read {
-            Err(_) => {
+        let bytes = match read_body(body, gw.max_body, deadline).await {
+            Err(ReadError::TimedOut) => {
                 return Err(gw.error(
                     StatusCode::GATEWAY_TIMEOUT,
                     ErrorKind::Timeout,
@@ -634,10 +632,8 @@ where
                     id,
                 ));
             }
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(too_large(gw, id));
-            }
-            Ok(Err(_)) => {
+            Err(ReadError::TooLarge) => return Err(too_large(gw, id)),
+            Err(ReadError::Failed) => {
                 return Err(gw.error(
                     StatusCode::BAD_REQUEST,
                     ErrorKind::InvalidRequest,
@@ -645,7 +641,7 @@ where
                     id,
                 ));
             }
-            Ok(Ok(c)) => c.to_bytes(),
+            Ok(bytes) => bytes,
         };
         let now = gw.buffered.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
         let _guard = BufferedGuard {
@@ -698,7 +694,12 @@ where
                 ));
             }
         }
-        parts.extensions.insert(TokenEstimate(est));
+        // One extension entry per request (see `RequestMeta`); the trace
+        // layer put it there.
+        parts
+            .extensions
+            .get_or_insert_with(|| RequestMeta::new(Instant::now()))
+            .tokens = TokenEstimate(est);
         let req = http::Request::from_parts(parts, Full::new(bytes));
         let mut stack = self.0.stacks[client].clone();
         if let Err(never) = stack.ready().await {
@@ -713,6 +714,71 @@ where
             Err(never) => match never {},
         }
     }
+}
+
+/// Why [`read_body`] gave up.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadError {
+    /// The deadline passed first.
+    TimedOut,
+    /// More than the limit.
+    TooLarge,
+    /// The body failed.
+    Failed,
+}
+
+/// The whole request body, at most `max` bytes, read by `deadline`.
+///
+/// What `timeout_at(deadline, Limited::new(body, max).collect())` and
+/// `to_bytes()` give (the body first, then the deadline, at each poll;
+/// trailers ignored), without their cost on the common path: a body that is
+/// there already (a small one comes with the head) is taken as its one
+/// frame, with no list of chunks, and the timer is made only when the body
+/// has to be waited for.
+async fn read_body<B>(body: B, max: usize, deadline: Instant) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut len = 0;
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut sleep: Option<Pin<Box<Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        loop {
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(ReadError::Failed)),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.len() > max - len {
+                        return Poll::Ready(Err(ReadError::TooLarge));
+                    }
+                    len += data.len();
+                    match first.take() {
+                        None if joined.is_empty() => first = Some(data),
+                        earlier => {
+                            if let Some(earlier) = earlier {
+                                joined.extend_from_slice(&earlier);
+                            }
+                            joined.extend_from_slice(&data);
+                        }
+                    }
+                }
+                Poll::Pending => {
+                    let sleep = sleep.get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+                    return match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Err(ReadError::TimedOut)),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    })
+    .await?;
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 fn too_large(gw: &Gateway, id: Option<&RequestId>) -> Response {
@@ -735,6 +801,83 @@ mod tests {
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"abcd"));
         assert!(!ct_eq(b"", b"a"));
+    }
+
+    /// Frames in order, then (if `hang`) pending for ever.
+    struct Frames {
+        frames: std::collections::VecDeque<Result<http_body::Frame<Bytes>, &'static str>>,
+        hang: bool,
+    }
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = &'static str;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, &'static str>>> {
+            match self.frames.pop_front() {
+                Some(f) => Poll::Ready(Some(f)),
+                None if self.hang => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn frames(data: &[&'static str], hang: bool) -> Frames {
+        Frames {
+            frames: data
+                .iter()
+                .map(|d| Ok(http_body::Frame::data(Bytes::from_static(d.as_bytes()))))
+                .collect(),
+            hang,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_body_joins_limits_and_times_out() {
+        let far = Instant::now() + Duration::from_secs(60);
+        let read = |b, max| read_body(b, max, far);
+        assert_eq!(read(frames(&["abc"], false), 3).await.unwrap(), "abc");
+        assert_eq!(read(frames(&[], false), 3).await.unwrap(), "");
+        assert_eq!(
+            read(frames(&["ab", "", "cd", "e"], false), 5)
+                .await
+                .unwrap(),
+            "abcde"
+        );
+        assert_eq!(
+            read(frames(&["abc", "d"], false), 3).await,
+            Err(ReadError::TooLarge)
+        );
+        assert_eq!(
+            read(frames(&["abcd"], false), 3).await,
+            Err(ReadError::TooLarge)
+        );
+        // Trailers are skipped.
+        let mut b = frames(&["ab"], false);
+        b.frames
+            .push_back(Ok(http_body::Frame::trailers(HeaderMap::new())));
+        b.frames
+            .push_back(Ok(http_body::Frame::data(Bytes::from_static(b"c"))));
+        assert_eq!(read(b, 10).await.unwrap(), "abc");
+        let mut b = frames(&["ab"], false);
+        b.frames.push_back(Err("reset"));
+        assert_eq!(read(b, 10).await, Err(ReadError::Failed));
+        // A body that stalls: the deadline, on time.
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(1500);
+        assert_eq!(
+            read_body(frames(&["ab"], true), 10, deadline).await,
+            Err(ReadError::TimedOut)
+        );
+        assert_eq!(Instant::now(), deadline);
+        // A body that is there is taken even past the deadline (the body is
+        // asked first, as `timeout_at` does).
+        assert_eq!(
+            read_body(frames(&["ab"], false), 10, start).await.unwrap(),
+            "ab"
+        );
     }
 
     #[test]

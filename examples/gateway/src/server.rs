@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::config::Config;
 use crate::service::{AppFuture, HttpApp, RequestBody};
-use crate::trace::HeadArrival;
+use crate::trace::RequestMeta;
 use crate::watchdog::{Watch, Watchdog, WatchedBody};
 
 /// The app as one connection serves it: each request's head arrival
@@ -42,7 +42,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Connection {
 
     fn call(&self, mut req: http::Request<Incoming>) -> Watched {
         let arrival = Instant::now();
-        req.extensions_mut().insert(HeadArrival(arrival));
+        req.extensions_mut().insert(RequestMeta::new(arrival));
         let watch = self.dog.watch(arrival + self.budget);
         Watched {
             fut: self.app.call(req.map(RequestBody::from)),

@@ -24,14 +24,18 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
 use crate::json::usage_total_tokens;
+use crate::trace::RequestMeta;
 
-/// The request's token estimate, in the request extensions.
+/// The request's token estimate (in the request extensions, as part of
+/// [`RequestMeta`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenEstimate(pub u64);
 
 /// Cost function of the TPM limiters.
 pub fn token_cost<B>(req: &Request<B>) -> u64 {
-    req.extensions().get::<TokenEstimate>().map_or(0, |t| t.0)
+    req.extensions()
+        .get::<RequestMeta>()
+        .map_or(0, |m| m.tokens.0)
 }
 
 /// The estimate of CONFIG.md: ceil(bytes / 4), plus for chat and completions

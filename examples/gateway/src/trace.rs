@@ -17,11 +17,33 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Layer, Service};
 
+use crate::tokens::TokenEstimate;
 use crate::upstream::AttemptCounter;
 
-/// When the request head arrived (in the request extensions).
-#[derive(Debug, Clone, Copy)]
-pub struct HeadArrival(pub Instant);
+/// What the gateway keeps in a request's extensions, as one entry: each
+/// entry is an insert into the request's map (which grows and rehashes as
+/// it fills) and one more allocation whenever Retry clones the request.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// When the request head arrived: the trace, the SLA deadline and the
+    /// connection's watchdog all count from it.
+    pub arrival: Instant,
+    /// Attempts that reached the upstream (shared by the request's retries).
+    pub attempts: AttemptCounter,
+    /// The token estimate, once the `/v1` handler has read the body.
+    pub tokens: TokenEstimate,
+}
+
+impl RequestMeta {
+    /// A request whose head arrived at `arrival`.
+    pub fn new(arrival: Instant) -> Self {
+        Self {
+            arrival,
+            attempts: AttemptCounter::default(),
+            tokens: TokenEstimate(0),
+        }
+    }
+}
 
 /// Logs `request finished` for each request, and ends open SSE streams
 /// with the SSE error event (type `timeout`) when `shutdown` fires.
@@ -135,16 +157,10 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // The server records the head's arrival once (its watchdog deadline
         // counts from it); without it (in-process use) it is now.
-        let start = match req.extensions().get::<HeadArrival>() {
-            Some(h) => h.0,
-            None => {
-                let now = Instant::now();
-                req.extensions_mut().insert(HeadArrival(now));
-                now
-            }
-        };
-        let attempts = AttemptCounter::default();
-        req.extensions_mut().insert(attempts.clone());
+        let meta = req
+            .extensions_mut()
+            .get_or_insert_with(|| RequestMeta::new(Instant::now()));
+        let (start, attempts) = (meta.arrival, meta.attempts.clone());
         let info = Info {
             start,
             request_id: req.extensions().get::<RequestId>().cloned(),

@@ -22,12 +22,14 @@ use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
+use crate::trace::RequestMeta;
+
 /// The upstream service the stack ends in: the hyper client, or a test
 /// double.
 pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// Attempts that reached the upstream for one request (shared by the
-/// request's retries through the extensions).
+/// request's retries through the extensions, in [`RequestMeta`]).
 #[derive(Debug, Clone, Default)]
 pub struct AttemptCounter(pub Arc<AtomicU32>);
 
@@ -320,8 +322,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> S::Future {
         let (mut parts, body) = req.into_parts();
-        if let Some(c) = parts.extensions.get::<AttemptCounter>() {
-            c.0.fetch_add(1, Ordering::Relaxed);
+        if let Some(meta) = parts.extensions.get::<RequestMeta>() {
+            meta.attempts.0.fetch_add(1, Ordering::Relaxed);
         }
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
