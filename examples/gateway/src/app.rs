@@ -98,7 +98,7 @@ struct Gateway {
     overload_status: StatusCode,
     retry_after: Duration,
     handles: Handles,
-    errors: ErrorCounters,
+    errors: Arc<ErrorCounters>,
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
@@ -243,7 +243,8 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
     if client_limits.is_empty() {
         client_limits.push((None, None, None));
     }
-    let errors = ErrorCounters::new();
+    // Six metric handles: shared, not cloned per request.
+    let errors = Arc::new(ErrorCounters::new());
     let mut stacks = Vec::with_capacity(client_limits.len());
     for (i, (c_rpm, c_burst, c_tpm)) in client_limits.iter().copied().enumerate() {
         let client_key = |k: &str, e: backstop::ConfigError| {
@@ -276,7 +277,7 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
         };
         let stack = ServiceBuilder::new()
             .layer(error_layer)
-            .layer(CountErrorsLayer::new(errors.clone()))
+            .layer(CountErrorsLayer::new(Arc::clone(&errors)))
             .layer(shield.clone())
             .layer(sla)
             .layer(retry.clone())

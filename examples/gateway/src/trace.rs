@@ -358,14 +358,17 @@ where
 /// generated error (`llm_errors_total{kind}`): placed right inside
 /// `ErrorResponseLayer`, it sees the errors and the upstream statuses the
 /// mapping turns into 502.
+///
+/// The counters (six metric handles) are shared: a request's future holds
+/// one reference to them.
 #[derive(Debug, Clone)]
 pub struct CountErrorsLayer {
-    errors: ErrorCounters,
+    errors: Arc<ErrorCounters>,
 }
 
 impl CountErrorsLayer {
     /// Counts into `errors`.
-    pub fn new(errors: ErrorCounters) -> Self {
+    pub fn new(errors: Arc<ErrorCounters>) -> Self {
         Self { errors }
     }
 }
@@ -375,7 +378,7 @@ impl<S> Layer<S> for CountErrorsLayer {
     fn layer(&self, inner: S) -> CountErrors<S> {
         CountErrors {
             inner,
-            errors: self.errors.clone(),
+            errors: Arc::clone(&self.errors),
         }
     }
 }
@@ -384,7 +387,7 @@ impl<S> Layer<S> for CountErrorsLayer {
 #[derive(Debug, Clone)]
 pub struct CountErrors<S> {
     inner: S,
-    errors: ErrorCounters,
+    errors: Arc<ErrorCounters>,
 }
 
 impl<S, B, RB> Service<Request<B>> for CountErrors<S>
@@ -403,7 +406,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         CountErrorsFuture {
             fut: self.inner.call(req),
-            errors: self.errors.clone(),
+            errors: Arc::clone(&self.errors),
         }
     }
 }
@@ -418,7 +421,7 @@ pin_project_lite::pin_project! {
     pub struct CountErrorsFuture<F> {
         #[pin]
         fut: F,
-        errors: ErrorCounters,
+        errors: Arc<ErrorCounters>,
     }
 }
 
