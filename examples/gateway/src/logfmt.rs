@@ -686,6 +686,19 @@ mod tests {
         );
     }
 
+    /// The access line names its message as a `&str` field (recorded as a
+    /// string, not formatted through `fmt`): the line is the same as with a
+    /// format string, here and in tracing-subscriber's formatter.
+    #[test]
+    fn message_as_a_field_prints_as_a_format_string() {
+        let as_field = same(&|| info!(message = "request finished", a = 1u64, b = "x"));
+        let as_format = same(&|| info!(a = 1u64, b = "x", "request finished"));
+        assert_eq!(
+            strip_timestamp(&as_field[0]),
+            strip_timestamp(&as_format[0])
+        );
+    }
+
     #[test]
     fn every_field_type() {
         #[derive(Debug)]

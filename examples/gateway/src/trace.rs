@@ -103,7 +103,11 @@ impl Info {
         let duration_ms = Instant::now()
             .saturating_duration_since(self.start)
             .as_millis() as u64;
+        // The message as a `&str` field, first: the same line as a format
+        // string gives (a test in `logfmt` pins it), without formatting
+        // `fmt::Arguments` per request.
         tracing::info!(
+            message = "request finished",
             request_id = self.request_id.as_ref().map(RequestId::as_str),
             method = self.method.as_str(),
             path = &*self.path,
@@ -111,7 +115,6 @@ impl Info {
             attempts = self.attempts.get(),
             duration_ms,
             outcome,
-            "request finished"
         );
     }
 }
