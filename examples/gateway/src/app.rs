@@ -37,7 +37,7 @@ use crate::config::{Config, Jitter};
 use crate::service::{GatewayBody, HttpApp, RequestBody};
 use crate::tokens::{CollectLayer, SettleLayer, TokenEstimate, estimate};
 use crate::trace::{CountErrorsLayer, RequestMeta, TraceLayer};
-use crate::upstream::{ForwardLayer, SharedUpstream, Upstream};
+use crate::upstream::{AnyUpstream, ForwardLayer};
 
 /// An error building the app: the setting (as a config key) and why.
 pub type BuildError = crate::config::ConfigError;
@@ -103,7 +103,7 @@ struct Gateway {
 }
 
 /// The router for a configuration, in front of `upstream`.
-pub fn app(config: &Config, upstream: Upstream) -> Result<Router, BuildError> {
+pub fn app(config: &Config, upstream: impl Into<AnyUpstream>) -> Result<Router, BuildError> {
     build(config, upstream, AppOptions::default()).map(|a| a.router)
 }
 
@@ -113,8 +113,15 @@ fn key(prefix: &'static str) -> impl Fn(backstop::ConfigError) -> BuildError {
 
 /// Builds the app: the stack of DESIGN's "The gateway's stack".
 #[allow(clippy::too_many_lines, clippy::needless_pass_by_value)]
-pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result<App, BuildError> {
-    let upstream = SharedUpstream::new(upstream);
+///
+/// `upstream` is any [`Upstream`](crate::upstream::Upstream) or the HTTP/1
+/// pool itself (see [`AnyUpstream`]).
+pub fn build(
+    config: &Config,
+    upstream: impl Into<AnyUpstream>,
+    options: AppOptions,
+) -> Result<App, BuildError> {
+    let upstream: AnyUpstream = upstream.into();
     let overload_status = StatusCode::from_u16(config.admission.overload_status)
         .map_err(|_| BuildError::new("admission.overload_status", "not a status"))?;
     let cancelled = Arc::new(AtomicU64::new(0));

@@ -49,18 +49,71 @@ pub const MAX_IDLE_PER_THREAD: usize = 512;
 /// pool of HTTP/1 connections ([`crate::pool`]: a request never leaves its
 /// worker thread), an `https://` one hyper-util's pooled client
 /// ([`hyper_upstream`]: TLS and HTTP/2). Call it inside a tokio runtime.
-pub fn upstream_for(url: &str, connect_timeout: Duration, pool_idle_timeout: Duration) -> Upstream {
+pub fn upstream_for(
+    url: &str,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+) -> AnyUpstream {
     match url.parse::<Uri>() {
         Ok(uri) if uri.scheme_str() == Some("http") => match uri.authority() {
-            Some(authority) => crate::pool::http1_pool_upstream(crate::pool::PoolConfig {
-                authority: authority.clone(),
-                connect_timeout,
-                idle_timeout: pool_idle_timeout,
-                max_idle_per_thread: MAX_IDLE_PER_THREAD,
-            }),
-            None => hyper_upstream(connect_timeout, pool_idle_timeout),
+            Some(authority) => {
+                AnyUpstream::Pool(crate::pool::http1_pool(crate::pool::PoolConfig {
+                    authority: authority.clone(),
+                    connect_timeout,
+                    idle_timeout: pool_idle_timeout,
+                    max_idle_per_thread: MAX_IDLE_PER_THREAD,
+                }))
+            }
+            None => hyper_upstream(connect_timeout, pool_idle_timeout).into(),
         },
-        _ => hyper_upstream(connect_timeout, pool_idle_timeout),
+        _ => hyper_upstream(connect_timeout, pool_idle_timeout).into(),
+    }
+}
+
+/// What [`build`](crate::build) puts at the end of the stack: the
+/// per-thread HTTP/1 pool itself, or any boxed [`Upstream`] (hyper-util's
+/// client, a test double). Unboxed, the pool costs a request one reference
+/// count to clone and one box for its future; an [`Upstream`] costs a clone
+/// of the box (an allocation) and a second box around its future.
+#[derive(Clone, Debug)]
+pub enum AnyUpstream {
+    /// The per-thread pool ([`crate::pool`]).
+    Pool(crate::pool::Pool),
+    /// Anything else.
+    Boxed(SharedUpstream),
+}
+
+impl From<Upstream> for AnyUpstream {
+    fn from(upstream: Upstream) -> Self {
+        Self::Boxed(SharedUpstream::new(upstream))
+    }
+}
+
+impl From<crate::pool::Pool> for AnyUpstream {
+    fn from(pool: crate::pool::Pool) -> Self {
+        Self::Pool(pool)
+    }
+}
+
+impl Service<Request<Body>> for AnyUpstream {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Self::Pool(pool) => pool.poll_ready(cx),
+            Self::Boxed(up) => up.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        match self {
+            Self::Pool(pool) => pool.call(req),
+            Self::Boxed(up) => Box::pin(up.call(req)),
+        }
     }
 }
 
