@@ -305,10 +305,13 @@ pub struct Forward<S> {
     layer: ForwardLayer,
 }
 
-/// How many names [`HOP_BY_HOP`] lists.
+/// How many of [`ALWAYS_STRIPPED`] are hop-by-hop names (the rest are
+/// `Upgrade` and `Host`).
 const HOP_BY_HOP_LEN: usize = 8;
 
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
+/// The names [`strip_hop_by_hop`] removes whatever `Connection` says: the
+/// hop-by-hop ones, then `Upgrade` and `Host`.
+const ALWAYS_STRIPPED: [HeaderName; HOP_BY_HOP_LEN + 2] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -317,32 +320,28 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
 ];
-
-/// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection`
-/// says.
-fn always_stripped(name: &HeaderName) -> bool {
-    name == header::UPGRADE || name == header::HOST || HOP_BY_HOP.contains(name)
-}
 
 /// Removes hop-by-hop headers (and those named in `Connection`) and `Host`.
 ///
-/// One pass over the names finds the few present (usually only `Host`), so
-/// a message pays one removal per header it carries, not one hash lookup
-/// per name the rules list.
+/// One pass over the message's names marks which of the listed ones it
+/// carries (usually only `Host`), so a message pays one removal per header
+/// it carries, not one hash lookup per name the rules list, and nothing is
+/// cloned.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present: [Option<HeaderName>; HOP_BY_HOP_LEN + 2] = Default::default();
-    let mut n = 0;
+    let mut present = 0u16;
     for name in headers.keys() {
-        if always_stripped(name) {
-            // Each name appears once in `keys()`, so this never overflows.
-            if let Some(slot) = present.get_mut(n) {
-                *slot = Some(name.clone());
-                n += 1;
-            }
+        if let Some(i) = ALWAYS_STRIPPED.iter().position(|n| n == name) {
+            present |= 1 << i;
         }
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present == 0 {
+        return;
+    }
+    // `Connection` is the first listed name.
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -354,8 +353,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in present.into_iter().flatten() {
-        headers.remove(name);
+    for (i, name) in ALWAYS_STRIPPED.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -498,7 +499,7 @@ mod tests {
     #[test]
     fn every_listed_header_removed_and_others_kept() {
         let mut h = HeaderMap::new();
-        for n in &HOP_BY_HOP {
+        for n in &ALWAYS_STRIPPED[..HOP_BY_HOP_LEN] {
             h.append(n, HeaderValue::from_static("a"));
             h.append(n, HeaderValue::from_static("b"));
         }
