@@ -24,7 +24,6 @@
 //! instead of being woken (one more poll of the whole connection) by every
 //! request.
 
-use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -45,7 +44,11 @@ pub struct Watchdog {
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
-    live: BTreeSet<(Instant, u64)>,
+    /// Deadline and id of each live response. A list, not an ordered set:
+    /// an HTTP/1 connection has one response alive at a time (an HTTP/2 one
+    /// a few), so a scan is cheaper than a tree's insert and removal, and
+    /// the list keeps its one allocation for the connection's life.
+    live: Vec<(Instant, u64)>,
     /// When the waiting task looks at `live` next (it sleeps until then);
     /// `None` while it waits for a notification only. A new deadline
     /// before it (or any, when `None`) wakes the task.
@@ -68,7 +71,7 @@ impl Watchdog {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let key = (deadline, state.next_id);
             state.next_id += 1;
-            state.live.insert(key);
+            state.live.push(key);
             let wake = state.next_look.is_none_or(|at| deadline < at);
             if wake {
                 state.next_look = Some(deadline);
@@ -100,7 +103,7 @@ impl Watchdog {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let earliest = state.live.first().map(|(at, _)| *at);
+        let earliest = state.live.iter().map(|(at, _)| *at).min();
         state.next_look = earliest;
         earliest
     }
@@ -141,7 +144,9 @@ impl Drop for Watch {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.live.remove(&self.key);
+        if let Some(i) = state.live.iter().position(|k| *k == self.key) {
+            state.live.swap_remove(i);
+        }
     }
 }
 
