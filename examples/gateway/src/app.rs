@@ -1,8 +1,11 @@
 //! The router: the whole stack in DESIGN's order.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -17,26 +20,24 @@ use backstop::rate_limit::RateLimitLayer;
 use backstop::retry::{Jitter as RetryJitter, RetryLayer, RetryStats};
 use backstop::shield::{Completion, HookTracker, ShieldedOnCancelLayer, sync_hook};
 use backstop::sla::SlaTimeoutLayer;
-use backstop::{Context, CostOverBurst, ErrorKind, RequestId, SetRequestIdLayer};
+use backstop::{BoxError, Context, CostOverBurst, ErrorKind, RequestId, SetRequestIdLayer};
 use backstop_core::http::header::X_REQUEST_TIMEOUT_MS;
 use backstop_core::http::{
     ErrorResponseLayer, PropagateContextLayer, json_error, retry_after_headers,
 };
 use backstop_core::metrics::ErrorCounters;
 use backstop_health::Readiness;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
+use http_body_util::Full;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::{Config, Jitter};
+use crate::service::{GatewayBody, HttpApp, RequestBody};
 use crate::tokens::{CollectLayer, SettleLayer, TokenEstimate, estimate};
-use crate::trace::{CountErrorsLayer, HeadArrival, TraceLayer};
-use crate::upstream::{ForwardLayer, SharedUpstream, Upstream};
-
-type Stack = BoxCloneSyncService<http::Request<Full<Bytes>>, Response, Infallible>;
+use crate::trace::{CountErrorsLayer, RequestMeta, TraceLayer};
+use crate::upstream::{AnyUpstream, ForwardLayer};
 
 /// An error building the app: the setting (as a config key) and why.
 pub type BuildError = crate::config::ConfigError;
@@ -60,11 +61,15 @@ pub struct Handles {
     pub completed: Arc<AtomicU64>,
 }
 
-/// What [`build`] makes: the router and its handles.
+/// What [`build`] makes: the app, as a router and as the server's service,
+/// and its handles.
 #[derive(Debug, Clone)]
 pub struct App {
-    /// The full router, outer layers included.
+    /// The full app, outer layers included, as an axum router (in-process
+    /// use and tests); it hands every request to [`http`](Self::http).
     pub router: Router,
+    /// The full app as the server drives it (see [`HttpApp`]).
+    pub http: HttpApp,
     /// Handles into the stack.
     pub handles: Handles,
 }
@@ -80,8 +85,8 @@ pub struct AppOptions {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
+/// What every route shares.
 struct Gateway {
-    stacks: Vec<Stack>,
     client_keys: Vec<Vec<u8>>,
     client_tpm: Vec<Option<u64>>,
     tokens_burst: Option<u64>,
@@ -93,12 +98,12 @@ struct Gateway {
     overload_status: StatusCode,
     retry_after: Duration,
     handles: Handles,
-    errors: ErrorCounters,
+    errors: Arc<ErrorCounters>,
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// The router for a configuration, in front of `upstream`.
-pub fn app(config: &Config, upstream: Upstream) -> Result<Router, BuildError> {
+pub fn app(config: &Config, upstream: impl Into<AnyUpstream>) -> Result<Router, BuildError> {
     build(config, upstream, AppOptions::default()).map(|a| a.router)
 }
 
@@ -108,8 +113,15 @@ fn key(prefix: &'static str) -> impl Fn(backstop::ConfigError) -> BuildError {
 
 /// Builds the app: the stack of DESIGN's "The gateway's stack".
 #[allow(clippy::too_many_lines, clippy::needless_pass_by_value)]
-pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result<App, BuildError> {
-    let upstream = SharedUpstream::new(upstream);
+///
+/// `upstream` is any [`Upstream`](crate::upstream::Upstream) or the HTTP/1
+/// pool itself (see [`AnyUpstream`]).
+pub fn build(
+    config: &Config,
+    upstream: impl Into<AnyUpstream>,
+    options: AppOptions,
+) -> Result<App, BuildError> {
+    let upstream: AnyUpstream = upstream.into();
     let overload_status = StatusCode::from_u16(config.admission.overload_status)
         .map_err(|_| BuildError::new("admission.overload_status", "not a status"))?;
     let cancelled = Arc::new(AtomicU64::new(0));
@@ -238,7 +250,8 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
     if client_limits.is_empty() {
         client_limits.push((None, None, None));
     }
-    let errors = ErrorCounters::new();
+    // Six metric handles: shared, not cloned per request.
+    let errors = Arc::new(ErrorCounters::new());
     let mut stacks = Vec::with_capacity(client_limits.len());
     for (i, (c_rpm, c_burst, c_tpm)) in client_limits.iter().copied().enumerate() {
         let client_key = |k: &str, e: backstop::ConfigError| {
@@ -271,7 +284,7 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
         };
         let stack = ServiceBuilder::new()
             .layer(error_layer)
-            .layer(CountErrorsLayer::new(errors.clone()))
+            .layer(CountErrorsLayer::new(Arc::clone(&errors)))
             .layer(shield.clone())
             .layer(sla)
             .layer(retry.clone())
@@ -294,12 +307,10 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
             .layer(PropagateContextLayer::new())
             .layer(forward.clone())
             .service(upstream.clone());
-        let stack = stack.map_response(|res| res.map(Body::new));
-        stacks.push(BoxCloneSyncService::new(stack));
+        stacks.push(stack);
     }
 
     let gw = Arc::new(Gateway {
-        stacks,
         client_keys: config
             .clients
             .iter()
@@ -319,10 +330,54 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
         metrics: options.metrics,
     });
 
-    let router = Router::new()
-        .route("/v1/chat/completions", post(v1))
-        .route("/v1/completions", post(v1))
-        .route("/v1/embeddings", post(v1))
+    let v1 = Routes(Arc::new(RoutesInner {
+        gw: Arc::clone(&gw),
+        stacks,
+    }));
+    let others = router(gw, &v1);
+    let http = HttpApp::new(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new().http())
+            .layer(TraceLayer::new(options.shutdown))
+            .service_fn(move |req| dispatch(v1.clone(), others.clone(), req)),
+    );
+    let router = Router::new().fallback_service(http.clone());
+    Ok(App {
+        router,
+        http,
+        handles,
+    })
+}
+
+/// The axum router behind [`Dispatch`]: every route, so that what the fast
+/// path does not take (other methods, `HEAD`, unknown paths) is answered as
+/// an axum router answers it.
+fn router<S, SB>(gw: Arc<Gateway>, v1_routes: &Routes<S>) -> Router
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    let v1 = {
+        let v1_routes = v1_routes.clone();
+        move |req: Request| {
+            let v1_routes = v1_routes.clone();
+            async move {
+                v1_routes
+                    .v1(req.map(RequestBody::from))
+                    .await
+                    .map(Body::new)
+            }
+        }
+    };
+    Router::new()
+        .route("/v1/chat/completions", post(v1.clone()))
+        .route("/v1/completions", post(v1.clone()))
+        .route("/v1/embeddings", post(v1.clone()))
         .route("/v1/models", get(v1))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -330,29 +385,65 @@ pub fn build(config: &Config, upstream: Upstream, options: AppOptions) -> Result
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(gw)
-        .layer(
-            ServiceBuilder::new()
-                .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-                    panic_response,
-                ))
-                .layer(SetRequestIdLayer::new().http())
-                .layer(TraceLayer::new(options.shutdown)),
-        );
-    Ok(App { router, handles })
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> http::Response<Full<Bytes>> {
-    tracing::error!("handler panicked");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorKind::Internal,
-        "internal error",
-        None,
-    )
-    .map(Full::new)
+/// Whether a request is one of the `/v1` routes on its method: those go
+/// straight to the per-client stacks.
+fn is_v1(method: &Method, path: &str) -> bool {
+    match path {
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => method == Method::POST,
+        "/v1/models" => method == Method::GET,
+        _ => false,
+    }
 }
 
-fn request_id(req: &Request) -> Option<RequestId> {
+/// The innermost of the outer layers: the `/v1` routes by hand, the rest
+/// through the axum router.
+async fn dispatch<S, SB>(
+    v1: Routes<S>,
+    others: Router,
+    req: http::Request<RequestBody>,
+) -> Result<http::Response<GatewayBody<SB>>, Infallible>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    if is_v1(req.method(), req.uri().path()) {
+        Ok(v1_response(v1.v1(req).await))
+    } else {
+        let res = others.oneshot(req).await?;
+        Ok(res.map(GatewayBody::from))
+    }
+}
+
+/// A `/v1` answer: the stack's response, or one the gateway made.
+fn v1_response<SB>(res: Result<http::Response<SB>, Response>) -> http::Response<GatewayBody<SB>> {
+    match res {
+        Ok(res) => res.map(|body| GatewayBody::Stack { body }),
+        Err(generated) => generated.map(GatewayBody::from),
+    }
+}
+
+/// The `/v1` routes: what they share and the per-client stacks.
+struct Routes<S>(Arc<RoutesInner<S>>);
+
+impl<S> Clone for Routes<S> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+struct RoutesInner<S> {
+    gw: Arc<Gateway>,
+    stacks: Vec<S>,
+}
+
+fn request_id<B>(req: &http::Request<B>) -> Option<RequestId> {
     req.extensions().get::<RequestId>().cloned()
 }
 
@@ -476,135 +567,226 @@ impl Drop for BufferedGuard<'_> {
     }
 }
 
-/// Every `/v1/*` route: auth, the deadline from head arrival, body limit,
-/// buffer and parse, then the per-client stack.
-async fn v1(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let head = req
-        .extensions()
-        .get::<HeadArrival>()
-        .map_or_else(Instant::now, |h| h.0);
-    let id = request_id(&req);
-    let id = id.as_ref();
-    let Some(client) = gw.authenticate(req.headers()) else {
-        return gw.error(
-            StatusCode::UNAUTHORIZED,
-            ErrorKind::Unauthorized,
-            "missing or wrong client key",
-            id,
-        );
-    };
-    let budget = match client_deadline(req.headers()) {
-        Ok(Some(d)) => d.min(gw.sla),
-        Ok(None) => gw.sla,
-        Err(()) => {
-            return gw.error(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::InvalidRequest,
-                "x-request-timeout-ms must be one positive integer",
+impl<S, SB> Routes<S>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    /// Every `/v1/*` route: auth, the deadline from head arrival, body
+    /// limit, buffer and parse, then the per-client stack; the errors the
+    /// gateway answers itself as `Err` (see [`v1_response`]).
+    async fn v1(&self, req: http::Request<RequestBody>) -> Result<http::Response<SB>, Response> {
+        let gw = &*self.0.gw;
+        let head = req
+            .extensions()
+            .get::<RequestMeta>()
+            .map_or_else(Instant::now, |m| m.arrival);
+        let id = request_id(&req);
+        let id = id.as_ref();
+        let Some(client) = gw.authenticate(req.headers()) else {
+            return Err(gw.error(
+                StatusCode::UNAUTHORIZED,
+                ErrorKind::Unauthorized,
+                "missing or wrong client key",
                 id,
-            );
-        }
-    };
-    let deadline = head + budget;
-    let ctx = Context::current().with_sla_deadline(deadline);
-    ctx.scope(v1_inner(&gw, client, deadline, req, id)).await
-}
-
-async fn v1_inner(
-    gw: &Gateway,
-    client: usize,
-    deadline: Instant,
-    req: Request,
-    id: Option<&RequestId>,
-) -> Response {
-    let (mut parts, body) = req.into_parts();
-    if let Some(len) = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        if len > gw.max_body as u64 {
-            return too_large(gw, id);
-        }
-    }
-    let read = tokio::time::timeout_at(deadline, Limited::new(body, gw.max_body).collect()).await;
-    let bytes = match read {
-        Err(_) => {
-            return gw.error(
-                StatusCode::GATEWAY_TIMEOUT,
-                ErrorKind::Timeout,
-                "SLA deadline expired while reading the request body",
-                id,
-            );
-        }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(gw, id),
-        Ok(Err(_)) => {
-            return gw.error(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::InvalidRequest,
-                "could not read the request body",
-                id,
-            );
-        }
-        Ok(Ok(c)) => c.to_bytes(),
-    };
-    let now = gw.buffered.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
-    let _guard = BufferedGuard {
-        counter: &gw.buffered,
-        n: bytes.len(),
-    };
-    if now > gw.max_buffered {
-        let mut res = gw.error(
-            gw.overload_status,
-            ErrorKind::Overloaded,
-            "too many request bytes buffered",
-            id,
-        );
-        retry_after_headers(res.headers_mut(), gw.retry_after);
-        return res;
-    }
-    let requested = if parts.method == Method::POST {
-        match crate::json::request_fields(&bytes) {
-            Some(fields) => fields.completion(),
-            None => {
-                return gw.error(
+            ));
+        };
+        let budget = match client_deadline(req.headers()) {
+            Ok(Some(d)) => d.min(gw.sla),
+            Ok(None) => gw.sla,
+            Err(()) => {
+                return Err(gw.error(
                     StatusCode::BAD_REQUEST,
                     ErrorKind::InvalidRequest,
-                    "the request body must be a JSON object",
+                    "x-request-timeout-ms must be one positive integer",
                     id,
-                );
+                ));
+            }
+        };
+        let deadline = head + budget;
+        let ctx = Context::current().with_sla_deadline(deadline);
+        ctx.scope(self.v1_inner(client, deadline, req, id)).await
+    }
+
+    async fn v1_inner(
+        &self,
+        client: usize,
+        deadline: Instant,
+        req: http::Request<RequestBody>,
+        id: Option<&RequestId>,
+    ) -> Result<http::Response<SB>, Response> {
+        let gw = &*self.0.gw;
+        let (mut parts, body) = req.into_parts();
+        if let Some(len) = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            if len > gw.max_body as u64 {
+                return Err(too_large(gw, id));
             }
         }
-    } else {
-        None
-    };
-    let est = estimate(
-        parts.uri.path(),
-        bytes.len(),
-        requested,
-        gw.default_completion,
-    );
-    let limits = [
-        gw.tokens_burst,
-        gw.client_tpm.get(client).copied().flatten(),
-    ];
-    for limit in limits.into_iter().flatten() {
-        if est > limit {
-            let e = CostOverBurst::new(est, limit);
-            return gw.error(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::InvalidRequest,
-                &e.to_string(),
+        let bytes = match read_body(body, gw.max_body, deadline).await {
+            Err(ReadError::TimedOut) => {
+                return Err(gw.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ErrorKind::Timeout,
+                    "SLA deadline expired while reading the request body",
+                    id,
+                ));
+            }
+            Err(ReadError::TooLarge) => return Err(too_large(gw, id)),
+            Err(ReadError::Failed) => {
+                return Err(gw.error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    "could not read the request body",
+                    id,
+                ));
+            }
+            Ok(bytes) => bytes,
+        };
+        let now = gw.buffered.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        let _guard = BufferedGuard {
+            counter: &gw.buffered,
+            n: bytes.len(),
+        };
+        if now > gw.max_buffered {
+            let mut res = gw.error(
+                gw.overload_status,
+                ErrorKind::Overloaded,
+                "too many request bytes buffered",
                 id,
             );
+            retry_after_headers(res.headers_mut(), gw.retry_after);
+            return Err(res);
+        }
+        let requested = if parts.method == Method::POST {
+            match crate::json::request_fields(&bytes) {
+                Some(fields) => fields.completion(),
+                None => {
+                    return Err(gw.error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorKind::InvalidRequest,
+                        "the request body must be a JSON object",
+                        id,
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let est = estimate(
+            parts.uri.path(),
+            bytes.len(),
+            requested,
+            gw.default_completion,
+        );
+        let limits = [
+            gw.tokens_burst,
+            gw.client_tpm.get(client).copied().flatten(),
+        ];
+        for limit in limits.into_iter().flatten() {
+            if est > limit {
+                let e = CostOverBurst::new(est, limit);
+                return Err(gw.error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    &e.to_string(),
+                    id,
+                ));
+            }
+        }
+        // One extension entry per request (see `RequestMeta`); the trace
+        // layer put it there.
+        parts
+            .extensions
+            .get_or_insert_with(|| RequestMeta::new(Instant::now()))
+            .tokens = TokenEstimate(est);
+        let req = http::Request::from_parts(parts, Full::new(bytes));
+        let mut stack = self.0.stacks[client].clone();
+        if let Err(never) = stack.ready().await {
+            match never {}
+        }
+        // The stack's future is several KiB: boxed where it is made, so the
+        // futures of this handler and of the outer layers stay small (each
+        // of them is moved as it is built).
+        let fut = Box::pin(stack.call(req));
+        match fut.await {
+            Ok(res) => Ok(res),
+            Err(never) => match never {},
         }
     }
-    parts.extensions.insert(TokenEstimate(est));
-    let req = http::Request::from_parts(parts, Full::new(bytes));
-    match gw.stacks[client].clone().oneshot(req).await {
-        Ok(res) => res,
-        Err(never) => match never {},
-    }
+}
+
+/// Why [`read_body`] gave up.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadError {
+    /// The deadline passed first.
+    TimedOut,
+    /// More than the limit.
+    TooLarge,
+    /// The body failed.
+    Failed,
+}
+
+/// The whole request body, at most `max` bytes, read by `deadline`.
+///
+/// What `timeout_at(deadline, Limited::new(body, max).collect())` and
+/// `to_bytes()` give (the body first, then the deadline, at each poll;
+/// trailers ignored), without their cost on the common path: a body that is
+/// there already (a small one comes with the head) is taken as its one
+/// frame, with no list of chunks, and the timer is made only when the body
+/// has to be waited for.
+async fn read_body<B>(body: B, max: usize, deadline: Instant) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut len = 0;
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut sleep: Option<Pin<Box<Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        loop {
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(ReadError::Failed)),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.len() > max - len {
+                        return Poll::Ready(Err(ReadError::TooLarge));
+                    }
+                    len += data.len();
+                    match first.take() {
+                        None if joined.is_empty() => first = Some(data),
+                        earlier => {
+                            if let Some(earlier) = earlier {
+                                joined.extend_from_slice(&earlier);
+                            }
+                            joined.extend_from_slice(&data);
+                        }
+                    }
+                }
+                Poll::Pending => {
+                    let sleep = sleep.get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+                    return match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Err(ReadError::TimedOut)),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    })
+    .await?;
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 fn too_large(gw: &Gateway, id: Option<&RequestId>) -> Response {
@@ -627,6 +809,83 @@ mod tests {
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"abcd"));
         assert!(!ct_eq(b"", b"a"));
+    }
+
+    /// Frames in order, then (if `hang`) pending for ever.
+    struct Frames {
+        frames: std::collections::VecDeque<Result<http_body::Frame<Bytes>, &'static str>>,
+        hang: bool,
+    }
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = &'static str;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, &'static str>>> {
+            match self.frames.pop_front() {
+                Some(f) => Poll::Ready(Some(f)),
+                None if self.hang => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn frames(data: &[&'static str], hang: bool) -> Frames {
+        Frames {
+            frames: data
+                .iter()
+                .map(|d| Ok(http_body::Frame::data(Bytes::from_static(d.as_bytes()))))
+                .collect(),
+            hang,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_body_joins_limits_and_times_out() {
+        let far = Instant::now() + Duration::from_secs(60);
+        let read = |b, max| read_body(b, max, far);
+        assert_eq!(read(frames(&["abc"], false), 3).await.unwrap(), "abc");
+        assert_eq!(read(frames(&[], false), 3).await.unwrap(), "");
+        assert_eq!(
+            read(frames(&["ab", "", "cd", "e"], false), 5)
+                .await
+                .unwrap(),
+            "abcde"
+        );
+        assert_eq!(
+            read(frames(&["abc", "d"], false), 3).await,
+            Err(ReadError::TooLarge)
+        );
+        assert_eq!(
+            read(frames(&["abcd"], false), 3).await,
+            Err(ReadError::TooLarge)
+        );
+        // Trailers are skipped.
+        let mut b = frames(&["ab"], false);
+        b.frames
+            .push_back(Ok(http_body::Frame::trailers(HeaderMap::new())));
+        b.frames
+            .push_back(Ok(http_body::Frame::data(Bytes::from_static(b"c"))));
+        assert_eq!(read(b, 10).await.unwrap(), "abc");
+        let mut b = frames(&["ab"], false);
+        b.frames.push_back(Err("reset"));
+        assert_eq!(read(b, 10).await, Err(ReadError::Failed));
+        // A body that stalls: the deadline, on time.
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(1500);
+        assert_eq!(
+            read_body(frames(&["ab"], true), 10, deadline).await,
+            Err(ReadError::TimedOut)
+        );
+        assert_eq!(Instant::now(), deadline);
+        // A body that is there is taken even past the deadline (the body is
+        // asked first, as `timeout_at` does).
+        assert_eq!(
+            read_body(frames(&["ab"], false), 10, start).await.unwrap(),
+            "ab"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod logfmt;
 pub mod logwriter;
 pub mod pool;
 pub mod server;
+pub mod service;
 pub mod tokens;
 pub mod trace;
 pub mod upstream;

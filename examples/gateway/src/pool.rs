@@ -126,6 +126,15 @@ pub fn http1_pool_upstream(cfg: PoolConfig) -> Upstream {
     BoxCloneSyncService::new(Pool::new(cfg))
 }
 
+/// The same pool as [`http1_pool_upstream`], unboxed: a service whose clone
+/// is one reference count and whose future is its one box. The gateway's
+/// stack ends in it directly (see [`AnyUpstream`]).
+///
+/// [`AnyUpstream`]: crate::upstream::AnyUpstream
+pub fn http1_pool(cfg: PoolConfig) -> Pool {
+    Pool::new(cfg)
+}
+
 /// A connect failure (or timeout) towards the upstream.
 #[derive(Debug)]
 pub struct ConnectError {
@@ -185,10 +194,10 @@ struct Shared {
     builder: Builder,
 }
 
-/// The service: a handle on the shared settings; the connections live in
-/// thread-locals.
+/// The pool as a service (see [`http1_pool`]): a handle on the shared
+/// settings; the connections live in thread-locals.
 #[derive(Clone, Debug)]
-struct Pool {
+pub struct Pool {
     shared: Arc<Shared>,
 }
 

@@ -1,14 +1,18 @@
 //! Serving the app: inbound hardening from `[server]` and graceful shutdown
 //! as CONFIG.md describes.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use axum::body::Body;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::Instant;
@@ -16,35 +20,55 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::trace::HeadArrival;
-use crate::watchdog::{Watchdog, WatchedBody};
+use crate::service::{AppFuture, HttpApp, RequestBody};
+use crate::trace::RequestMeta;
+use crate::watchdog::{Watch, Watchdog, WatchedBody};
 
-/// The router, with each response body watched by the connection's
-/// [`Watchdog`] (deadline: arrival + `budget`).
-fn watched_router(
-    router: axum::Router,
+/// The app as one connection serves it: each request's head arrival
+/// recorded once (the trace, the SLA deadline and the watchdog all count from
+/// it) and each response body watched by the connection's [`Watchdog`]
+/// (deadline: arrival + `budget`). hyper's own `Service` takes `&self`, so
+/// nothing is cloned per request here.
+struct Connection {
+    app: HttpApp,
     dog: Arc<Watchdog>,
     budget: Duration,
-) -> impl tower::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = axum::response::Response,
-    Error = std::convert::Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        // The head's arrival, read once: the trace, the SLA deadline and
-        // this watchdog all count from it.
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for Connection {
+    type Response = http::Response<WatchedBody<Body>>;
+    type Error = Infallible;
+    type Future = Watched;
+
+    fn call(&self, mut req: http::Request<Incoming>) -> Watched {
         let arrival = Instant::now();
-        req.extensions_mut().insert(HeadArrival(arrival));
-        let watch = dog.watch(arrival + budget);
-        let fut = tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new));
-        async move {
-            let res = fut.await?;
-            Ok(res.map(|body| axum::body::Body::new(WatchedBody::new(body, watch))))
+        req.extensions_mut().insert(RequestMeta::new(arrival));
+        let watch = self.dog.watch(arrival + self.budget);
+        Watched {
+            fut: self.app.call(req.map(RequestBody::from)),
+            watch: Some(watch),
         }
-    })
+    }
+}
+
+/// Future of [`Connection`]: the app's, its body then watched.
+///
+/// # Cancellation
+///
+/// Dropped before the head: the watch ends with it.
+struct Watched {
+    fut: AppFuture,
+    watch: Option<Watch>,
+}
+
+impl Future for Watched {
+    type Output = Result<http::Response<WatchedBody<Body>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = ready!(self.fut.as_mut().poll(cx));
+        let watch = self.watch.take();
+        Poll::Ready(Ok(res.map(|body| WatchedBody::new(body, watch))))
+    }
 }
 
 /// How long cut streams get to write their last event after the shutdown
@@ -97,7 +121,7 @@ pub async fn serve(
     for i in 0..workers.max(1) {
         let listener = listener.try_clone()?;
         let worker = Worker {
-            router: app.router.clone(),
+            app: app.http.clone(),
             handles: app.handles.clone(),
             config: config.clone(),
             slots: Arc::clone(&slots),
@@ -128,7 +152,7 @@ pub async fn serve(
 /// One serving thread: its runtime, its handle on the listener, and clones
 /// of the shared app.
 struct Worker {
-    router: axum::Router,
+    app: HttpApp,
     handles: crate::app::Handles,
     config: Config,
     slots: Arc<Semaphore>,
@@ -233,8 +257,11 @@ impl Worker {
             // Every response on this connection must be written by arrival +
             // SLA + maximum stream duration, even if the client stops reading.
             let dog = Watchdog::new();
-            let watched = watched_router(self.router.clone(), Arc::clone(&dog), stream_budget);
-            let svc = TowerToHyperService::new(watched);
+            let svc = Connection {
+                app: self.app.clone(),
+                dog: Arc::clone(&dog),
+                budget: stream_budget,
+            };
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .into_owned();

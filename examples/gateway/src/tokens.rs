@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use backstop::rate_limit::{GcraStore, Reservation};
@@ -24,14 +23,18 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
 use crate::json::usage_total_tokens;
+use crate::trace::RequestMeta;
 
-/// The request's token estimate, in the request extensions.
+/// The request's token estimate (in the request extensions, as part of
+/// [`RequestMeta`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenEstimate(pub u64);
 
 /// Cost function of the TPM limiters.
 pub fn token_cost<B>(req: &Request<B>) -> u64 {
-    req.extensions().get::<TokenEstimate>().map_or(0, |t| t.0)
+    req.extensions()
+        .get::<RequestMeta>()
+        .map_or(0, |m| m.tokens.0)
 }
 
 /// The estimate of CONFIG.md: ceil(bytes / 4), plus for chat and completions
@@ -55,15 +58,31 @@ pub fn estimate(
 }
 
 /// The reservations of one attempt, moved out of the limiters' extensions.
+///
+/// A plain value (a reservation is one `Arc`, so this is `Clone` as
+/// extensions need): the gateway's stack has at most two TPM limiters
+/// (the client's and the global one), which fit inline; more would spill
+/// into `more`.
 #[derive(Debug, Clone, Default)]
-pub struct Reservations(pub Arc<Mutex<Vec<Reservation<GcraStore>>>>);
+pub struct Reservations {
+    first: [Option<Reservation<GcraStore>>; 2],
+    more: Vec<Reservation<GcraStore>>,
+}
 
 impl Reservations {
-    fn take(&self) -> Vec<Reservation<GcraStore>> {
-        self.0
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
+    fn push(&mut self, r: Reservation<GcraStore>) {
+        match self.first.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(r),
+            None => self.more.push(r),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first[0].is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Reservation<GcraStore>> {
+        self.first.iter().flatten().chain(&self.more)
     }
 }
 
@@ -124,10 +143,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut res = ready!(self.project().fut.poll(cx))?;
         if let Some(r) = res.extensions_mut().remove::<Reservation<GcraStore>>() {
-            let all = res.extensions_mut().get_or_insert_default::<Reservations>();
-            if let Ok(mut v) = all.0.lock() {
-                v.push(r);
-            }
+            res.extensions_mut()
+                .get_or_insert_default::<Reservations>()
+                .push(r);
         }
         Poll::Ready(Ok(res))
     }
@@ -192,13 +210,14 @@ where
         let reservations = res
             .extensions_mut()
             .remove::<Reservations>()
-            .map(|r| r.take())
             .unwrap_or_default();
         if !res.status().is_success() {
-            for r in &reservations {
+            for r in reservations.iter() {
                 r.refund();
             }
-            return Poll::Ready(Ok(res.map(|b| SettleBody::new(b, Vec::new(), Mode::None))));
+            return Poll::Ready(Ok(
+                res.map(|b| SettleBody::new(b, Reservations::default(), Mode::None))
+            ));
         }
         let mode = if reservations.is_empty() {
             Mode::None
@@ -231,26 +250,30 @@ const MAX_JSON: usize = 4 << 20;
 #[allow(missing_debug_implementations)]
 pub struct SettleBody<B> {
     inner: B,
-    reservations: Vec<Reservation<GcraStore>>,
+    reservations: Reservations,
     mode: Mode,
+    /// A JSON body that came as one frame, kept as it is (no copy).
+    first: Option<Bytes>,
     buf: BytesMut,
 }
 
 impl<B> SettleBody<B> {
-    fn new(inner: B, reservations: Vec<Reservation<GcraStore>>, mode: Mode) -> Self {
+    fn new(inner: B, reservations: Reservations, mode: Mode) -> Self {
         Self {
             inner,
             reservations,
             mode,
+            first: None,
             buf: BytesMut::new(),
         }
     }
 
     fn settle(&mut self, total: u64) {
-        for r in self.reservations.drain(..) {
+        for r in std::mem::take(&mut self.reservations).iter() {
             r.settle(total);
         }
         self.mode = Mode::None;
+        self.first = None;
         self.buf = BytesMut::new();
     }
 
@@ -258,10 +281,18 @@ impl<B> SettleBody<B> {
         match self.mode {
             Mode::None => {}
             Mode::Json => {
-                if self.buf.len() + data.len() > MAX_JSON {
+                let held = self.first.as_ref().map_or(self.buf.len(), Bytes::len);
+                if held + data.len() > MAX_JSON {
                     self.mode = Mode::None;
+                    self.first = None;
                     self.buf = BytesMut::new();
+                } else if held == 0 && self.first.is_none() {
+                    // Usually the whole body: a reference, not a copy.
+                    self.first = Some(data.clone());
                 } else {
+                    if let Some(first) = self.first.take() {
+                        self.buf.extend_from_slice(&first);
+                    }
                     self.buf.extend_from_slice(data);
                 }
             }
@@ -284,7 +315,8 @@ impl<B> SettleBody<B> {
 
     fn on_end(&mut self) {
         if self.mode == Mode::Json {
-            if let Some(total) = usage_total_tokens(&self.buf) {
+            let body = self.first.as_deref().unwrap_or(&self.buf);
+            if let Some(total) = usage_total_tokens(body) {
                 self.settle(total);
             }
         }
@@ -349,6 +381,21 @@ mod tests {
         assert_eq!(estimate("/v1/chat/completions", 4, None, 1024), 1 + 1024);
         assert_eq!(estimate("/v1/embeddings", 5, Some(10), 1024), 2);
         assert_eq!(estimate("/v1/models", 0, None, 1024), 0);
+    }
+
+    #[test]
+    fn json_bodies_are_held_whole_however_they_are_framed() {
+        let held = |frames: &[&'static str]| {
+            let mut body = SettleBody::new((), Reservations::default(), Mode::Json);
+            for f in frames {
+                body.on_data(&Bytes::from_static(f.as_bytes()));
+            }
+            body.first.as_deref().unwrap_or(&body.buf).to_vec()
+        };
+        assert_eq!(held(&[r#"{"usage":1}"#]), br#"{"usage":1}"#);
+        assert_eq!(held(&[r#"{"us"#, r#"age":1}"#]), br#"{"usage":1}"#);
+        assert_eq!(held(&["", "{", "}", ""]), b"{}");
+        assert_eq!(held(&[]), b"");
     }
 
     #[test]

@@ -17,23 +17,47 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Layer, Service};
 
+use crate::tokens::TokenEstimate;
 use crate::upstream::AttemptCounter;
 
-/// When the request head arrived (in the request extensions).
-#[derive(Debug, Clone, Copy)]
-pub struct HeadArrival(pub Instant);
+/// What the gateway keeps in a request's extensions, as one entry: each
+/// entry is an insert into the request's map (which grows and rehashes as
+/// it fills) and one more allocation whenever Retry clones the request.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// When the request head arrived: the trace, the SLA deadline and the
+    /// connection's watchdog all count from it.
+    pub arrival: Instant,
+    /// Attempts that reached the upstream (shared by the request's retries).
+    pub attempts: AttemptCounter,
+    /// The token estimate, once the `/v1` handler has read the body.
+    pub tokens: TokenEstimate,
+}
+
+impl RequestMeta {
+    /// A request whose head arrived at `arrival`.
+    pub fn new(arrival: Instant) -> Self {
+        Self {
+            arrival,
+            attempts: AttemptCounter::default(),
+            tokens: TokenEstimate(0),
+        }
+    }
+}
 
 /// Logs `request finished` for each request, and ends open SSE streams
 /// with the SSE error event (type `timeout`) when `shutdown` fires.
 #[derive(Debug, Clone, Default)]
 pub struct TraceLayer {
-    shutdown: CancellationToken,
+    shutdown: Arc<CancellationToken>,
 }
 
 impl TraceLayer {
     /// The layer; `shutdown` fires when the shutdown timeout is reached.
     pub fn new(shutdown: CancellationToken) -> Self {
-        Self { shutdown }
+        Self {
+            shutdown: Arc::new(shutdown),
+        }
     }
 }
 
@@ -42,16 +66,20 @@ impl<S> Layer<S> for TraceLayer {
     fn layer(&self, inner: S) -> Trace<S> {
         Trace {
             inner,
-            shutdown: self.shutdown.clone(),
+            shutdown: Arc::clone(&self.shutdown),
         }
     }
 }
 
 /// See [`TraceLayer`].
+///
+/// The token sits behind an `Arc`: each request holds a reference until its
+/// head is out (a clone of the token itself takes its tree's lock), and
+/// only an SSE stream takes a token of its own.
 #[derive(Debug, Clone)]
 pub struct Trace<S> {
     inner: S,
-    shutdown: CancellationToken,
+    shutdown: Arc<CancellationToken>,
 }
 
 /// What the log line needs.
@@ -75,15 +103,18 @@ impl Info {
         let duration_ms = Instant::now()
             .saturating_duration_since(self.start)
             .as_millis() as u64;
+        // The message as a `&str` field, first: the same line as a format
+        // string gives (a test in `logfmt` pins it), without formatting
+        // `fmt::Arguments` per request.
         tracing::info!(
+            message = "request finished",
             request_id = self.request_id.as_ref().map(RequestId::as_str),
-            method = %self.method,
+            method = self.method.as_str(),
             path = &*self.path,
             status = self.status.map(|s| s.as_u16()),
             attempts = self.attempts.get(),
             duration_ms,
             outcome,
-            "request finished"
         );
     }
 }
@@ -113,11 +144,12 @@ fn outcome(status: StatusCode, headers: &http::HeaderMap) -> &'static str {
     }
 }
 
-impl<S, B> Service<Request<B>> for Trace<S>
+impl<S, B, RB> Service<Request<B>> for Trace<S>
 where
-    S: Service<Request<B>, Response = Response<axum::body::Body>>,
+    S: Service<Request<B>, Response = Response<RB>>,
+    RB: Body + From<axum::body::Body>,
 {
-    type Response = Response<TraceBody<axum::body::Body>>;
+    type Response = Response<TraceBody<RB>>;
     type Error = S::Error;
     type Future = TraceFuture<S::Future>;
 
@@ -128,16 +160,10 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // The server records the head's arrival once (its watchdog deadline
         // counts from it); without it (in-process use) it is now.
-        let start = match req.extensions().get::<HeadArrival>() {
-            Some(h) => h.0,
-            None => {
-                let now = Instant::now();
-                req.extensions_mut().insert(HeadArrival(now));
-                now
-            }
-        };
-        let attempts = AttemptCounter::default();
-        req.extensions_mut().insert(attempts.clone());
+        let meta = req
+            .extensions_mut()
+            .get_or_insert_with(|| RequestMeta::new(Instant::now()));
+        let (start, attempts) = (meta.arrival, meta.attempts.clone());
         let info = Info {
             start,
             request_id: req.extensions().get::<RequestId>().cloned(),
@@ -148,47 +174,50 @@ where
             logged: false,
         };
         // A panic in the handler becomes a 500 with the request id, logged.
-        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req)))
-            .ok()
-            .map(Box::pin);
+        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))).ok();
         TraceFuture {
             fut,
             info: Some(info),
-            shutdown: Some(self.shutdown.clone()),
+            shutdown: Some(Arc::clone(&self.shutdown)),
         }
     }
 }
 
-/// Future of [`Trace`].
-///
-/// # Cancellation
-///
-/// Dropped before the head: logs outcome `cancelled`.
-#[allow(missing_debug_implementations)]
-pub struct TraceFuture<F> {
-    /// `None` once the inner service panicked.
-    fut: Option<Pin<Box<F>>>,
-    info: Option<Info>,
-    shutdown: Option<CancellationToken>,
+pin_project_lite::pin_project! {
+    /// Future of [`Trace`].
+    ///
+    /// # Cancellation
+    ///
+    /// Dropped before the head: logs outcome `cancelled`.
+    #[allow(missing_debug_implementations)]
+    pub struct TraceFuture<F> {
+        // `None` once the inner service panicked.
+        #[pin]
+        fut: Option<F>,
+        info: Option<Info>,
+        shutdown: Option<Arc<CancellationToken>>,
+    }
 }
 
-impl<F, E> Future for TraceFuture<F>
+impl<F, E, RB> Future for TraceFuture<F>
 where
-    F: Future<Output = Result<Response<axum::body::Body>, E>>,
+    F: Future<Output = Result<Response<RB>, E>>,
+    RB: Body + From<axum::body::Body>,
 {
-    type Output = Result<Response<TraceBody<axum::body::Body>>, E>;
+    type Output = Result<Response<TraceBody<RB>>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let polled = match self.fut.as_mut() {
-            Some(fut) => std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))).ok(),
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let polled = match this.fut.as_mut().as_pin_mut() {
+            Some(fut) => std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))).ok(),
             None => None,
         };
         let res = match polled {
             Some(Poll::Pending) => return Poll::Pending,
             Some(Poll::Ready(res)) => res,
             None => {
-                self.fut = None;
-                let id = self.info.as_ref().and_then(|i| i.request_id.clone());
+                this.fut.set(None);
+                let id = this.info.as_ref().and_then(|i| i.request_id.clone());
                 tracing::error!(
                     request_id = id.as_ref().map(RequestId::as_str),
                     "bug: the handler panicked"
@@ -199,11 +228,11 @@ where
                     "internal error",
                     id.as_ref(),
                 )
-                .map(axum::body::Body::from))
+                .map(|b| RB::from(axum::body::Body::from(b))))
             }
         };
-        let mut info = self.info.take();
-        let shutdown = self.shutdown.take();
+        let mut info = this.info.take();
+        let shutdown = this.shutdown.take();
         Poll::Ready(res.map(|res| {
             let outcome = outcome(res.status(), res.headers());
             if let Some(i) = info.as_mut() {
@@ -215,40 +244,54 @@ where
                     .get(http::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.starts_with("text/event-stream"));
-            if res.body().is_end_stream() {
-                if let Some(mut i) = info.take() {
-                    i.log(outcome);
-                }
-            }
             let shutdown = if sse {
-                shutdown.map(|t| Box::pin(t.cancelled_owned()))
+                shutdown.map(|t| Box::pin(CancellationToken::clone(&t).cancelled_owned()))
             } else {
                 None
             };
-            res.map(|inner| TraceBody {
-                inner,
-                info,
-                outcome,
-                shutdown,
-                ended: false,
-            })
+            res.map(|inner| TraceBody::new(inner, info, outcome, shutdown))
         }))
     }
 }
 
-/// The response body: logs when it ends, fails or is dropped.
-#[allow(missing_debug_implementations)]
-pub struct TraceBody<B> {
-    inner: B,
-    info: Option<Info>,
-    outcome: &'static str,
-    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    ended: bool,
+pin_project_lite::pin_project! {
+    /// The response body: logs when it ends, fails or is dropped.
+    #[allow(missing_debug_implementations)]
+    pub struct TraceBody<B> {
+        #[pin]
+        inner: B,
+        info: Option<Info>,
+        outcome: &'static str,
+        shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        ended: bool,
+    }
+}
+
+impl<B: Body> TraceBody<B> {
+    fn new(
+        inner: B,
+        mut info: Option<Info>,
+        outcome: &'static str,
+        shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    ) -> Self {
+        if inner.is_end_stream() {
+            if let Some(mut i) = info.take() {
+                i.log(outcome);
+            }
+        }
+        Self {
+            inner,
+            info,
+            outcome,
+            shutdown,
+            ended: false,
+        }
+    }
 }
 
 impl<B> Body for TraceBody<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes>,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -257,15 +300,15 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        if this.ended {
+        let mut this = self.project();
+        if *this.ended {
             return Poll::Ready(None);
         }
         if let Some(s) = this.shutdown.as_mut() {
             if s.as_mut().poll(cx).is_ready() {
                 // The shutdown timeout: end the stream with the error event.
-                this.ended = true;
-                this.shutdown = None;
+                *this.ended = true;
+                *this.shutdown = None;
                 let id = this.info.as_ref().and_then(|i| i.request_id.clone());
                 let body = backstop_core::http::error_body(
                     backstop::ErrorKind::Timeout,
@@ -282,7 +325,7 @@ where
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
             }
         }
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             None => {
                 if let Some(mut i) = this.info.take() {
@@ -318,14 +361,17 @@ where
 /// generated error (`llm_errors_total{kind}`): placed right inside
 /// `ErrorResponseLayer`, it sees the errors and the upstream statuses the
 /// mapping turns into 502.
+///
+/// The counters (six metric handles) are shared: a request's future holds
+/// one reference to them.
 #[derive(Debug, Clone)]
 pub struct CountErrorsLayer {
-    errors: ErrorCounters,
+    errors: Arc<ErrorCounters>,
 }
 
 impl CountErrorsLayer {
     /// Counts into `errors`.
-    pub fn new(errors: ErrorCounters) -> Self {
+    pub fn new(errors: Arc<ErrorCounters>) -> Self {
         Self { errors }
     }
 }
@@ -335,7 +381,7 @@ impl<S> Layer<S> for CountErrorsLayer {
     fn layer(&self, inner: S) -> CountErrors<S> {
         CountErrors {
             inner,
-            errors: self.errors.clone(),
+            errors: Arc::clone(&self.errors),
         }
     }
 }
@@ -344,7 +390,7 @@ impl<S> Layer<S> for CountErrorsLayer {
 #[derive(Debug, Clone)]
 pub struct CountErrors<S> {
     inner: S,
-    errors: ErrorCounters,
+    errors: Arc<ErrorCounters>,
 }
 
 impl<S, B, RB> Service<Request<B>> for CountErrors<S>
@@ -363,7 +409,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         CountErrorsFuture {
             fut: self.inner.call(req),
-            errors: self.errors.clone(),
+            errors: Arc::clone(&self.errors),
         }
     }
 }
@@ -378,7 +424,7 @@ pin_project_lite::pin_project! {
     pub struct CountErrorsFuture<F> {
         #[pin]
         fut: F,
-        errors: ErrorCounters,
+        errors: Arc<ErrorCounters>,
     }
 }
 

@@ -10,8 +10,9 @@ use axum::body::Body;
 use backstop::BoxError;
 use backstop::Context;
 use backstop_core::http::header::X_REQUEST_TIMEOUT_MS;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -21,12 +22,14 @@ use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
+use crate::trace::RequestMeta;
+
 /// The upstream service the stack ends in: the hyper client, or a test
 /// double.
 pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// Attempts that reached the upstream for one request (shared by the
-/// request's retries through the extensions).
+/// request's retries through the extensions, in [`RequestMeta`]).
 #[derive(Debug, Clone, Default)]
 pub struct AttemptCounter(pub Arc<AtomicU32>);
 
@@ -46,18 +49,71 @@ pub const MAX_IDLE_PER_THREAD: usize = 512;
 /// pool of HTTP/1 connections ([`crate::pool`]: a request never leaves its
 /// worker thread), an `https://` one hyper-util's pooled client
 /// ([`hyper_upstream`]: TLS and HTTP/2). Call it inside a tokio runtime.
-pub fn upstream_for(url: &str, connect_timeout: Duration, pool_idle_timeout: Duration) -> Upstream {
+pub fn upstream_for(
+    url: &str,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+) -> AnyUpstream {
     match url.parse::<Uri>() {
         Ok(uri) if uri.scheme_str() == Some("http") => match uri.authority() {
-            Some(authority) => crate::pool::http1_pool_upstream(crate::pool::PoolConfig {
-                authority: authority.clone(),
-                connect_timeout,
-                idle_timeout: pool_idle_timeout,
-                max_idle_per_thread: MAX_IDLE_PER_THREAD,
-            }),
-            None => hyper_upstream(connect_timeout, pool_idle_timeout),
+            Some(authority) => {
+                AnyUpstream::Pool(crate::pool::http1_pool(crate::pool::PoolConfig {
+                    authority: authority.clone(),
+                    connect_timeout,
+                    idle_timeout: pool_idle_timeout,
+                    max_idle_per_thread: MAX_IDLE_PER_THREAD,
+                }))
+            }
+            None => hyper_upstream(connect_timeout, pool_idle_timeout).into(),
         },
-        _ => hyper_upstream(connect_timeout, pool_idle_timeout),
+        _ => hyper_upstream(connect_timeout, pool_idle_timeout).into(),
+    }
+}
+
+/// What [`build`](crate::build) puts at the end of the stack: the
+/// per-thread HTTP/1 pool itself, or any boxed [`Upstream`] (hyper-util's
+/// client, a test double). Unboxed, the pool costs a request one reference
+/// count to clone and one box for its future; an [`Upstream`] costs a clone
+/// of the box (an allocation) and a second box around its future.
+#[derive(Clone, Debug)]
+pub enum AnyUpstream {
+    /// The per-thread pool ([`crate::pool`]).
+    Pool(crate::pool::Pool),
+    /// Anything else.
+    Boxed(SharedUpstream),
+}
+
+impl From<Upstream> for AnyUpstream {
+    fn from(upstream: Upstream) -> Self {
+        Self::Boxed(SharedUpstream::new(upstream))
+    }
+}
+
+impl From<crate::pool::Pool> for AnyUpstream {
+    fn from(pool: crate::pool::Pool) -> Self {
+        Self::Pool(pool)
+    }
+}
+
+impl Service<Request<Body>> for AnyUpstream {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Self::Pool(pool) => pool.poll_ready(cx),
+            Self::Boxed(up) => up.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        match self {
+            Self::Pool(pool) => pool.call(req),
+            Self::Boxed(up) => Box::pin(up.call(req)),
+        }
     }
 }
 
@@ -128,11 +184,32 @@ impl Service<Request<Body>> for SharedUpstream {
 
 /// Applies the request wire rules of CONFIG.md to each attempt and converts
 /// the body for the [`Upstream`].
+///
+/// The settings sit behind one `Arc`: the limiters above clone the stack
+/// below them once each per request and keep the clone in their futures, so
+/// this service stays one pointer wide and one reference count to clone.
 #[derive(Clone, Debug)]
 pub struct ForwardLayer {
-    base: Arc<str>,
+    cfg: Arc<ForwardConfig>,
+}
+
+#[derive(Debug)]
+struct ForwardConfig {
+    base: Box<str>,
+    /// `base`, parsed once (`None` if it does not parse: then each request
+    /// goes through [`join`](Self::join)).
+    target: Option<Target>,
     api_key: Option<HeaderValue>,
     forward_client_auth: bool,
+}
+
+/// The parts of the upstream base URL each request's URI is built from.
+#[derive(Clone, Debug)]
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base's path without its trailing `/` (empty for none).
+    prefix: Bytes,
 }
 
 impl ForwardLayer {
@@ -152,16 +229,56 @@ impl ForwardLayer {
                 Some(v)
             }
         };
+        let base = base.trim_end_matches('/');
+        let target = base.parse::<Uri>().ok().and_then(|uri| {
+            let prefix = uri.path().trim_end_matches('/');
+            Some(Target {
+                prefix: Bytes::copy_from_slice(prefix.as_bytes()),
+                scheme: uri.scheme()?.clone(),
+                authority: uri.authority()?.clone(),
+            })
+        });
         Ok(Self {
-            base: Arc::from(base.trim_end_matches('/')),
-            api_key,
-            forward_client_auth,
+            cfg: Arc::new(ForwardConfig {
+                base: Box::from(base),
+                target,
+                api_key,
+                forward_client_auth,
+            }),
         })
+    }
+
+    /// The upstream URI for a request's path and query: what
+    /// [`join`](Self::join) gives, parsed, without formatting and parsing
+    /// the whole URI per request. The common case (no path prefix, or only
+    /// the `/v1` the path starts with) reuses the request's path as is.
+    pub fn uri_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
+        let Some(t) = &self.cfg.target else {
+            return self.join(path_and_query.as_str()).parse().ok();
+        };
+        let pq = path_and_query.as_str();
+        let prefix = match t.prefix.strip_suffix(b"/v1") {
+            Some(rest) if pq.starts_with("/v1/") || pq == "/v1" => rest,
+            _ => &t.prefix[..],
+        };
+        let path_and_query = if prefix.is_empty() {
+            path_and_query.clone()
+        } else {
+            let mut joined = BytesMut::with_capacity(prefix.len() + pq.len());
+            joined.extend_from_slice(prefix);
+            joined.extend_from_slice(pq.as_bytes());
+            PathAndQuery::from_maybe_shared(joined.freeze()).ok()?
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(t.scheme.clone());
+        parts.authority = Some(t.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).ok()
     }
 
     /// The upstream URI for a path and query, without doubling `/v1`.
     pub fn join(&self, path_and_query: &str) -> String {
-        let base = &*self.base;
+        let base = &*self.cfg.base;
         if base.ends_with("/v1") && (path_and_query.starts_with("/v1/") || path_and_query == "/v1")
         {
             format!("{}{}", &base[..base.len() - 3], path_and_query)
@@ -176,7 +293,7 @@ impl<S> Layer<S> for ForwardLayer {
     fn layer(&self, inner: S) -> Forward<S> {
         Forward {
             inner,
-            cfg: self.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -185,13 +302,16 @@ impl<S> Layer<S> for ForwardLayer {
 #[derive(Clone, Debug)]
 pub struct Forward<S> {
     inner: S,
-    cfg: ForwardLayer,
+    layer: ForwardLayer,
 }
 
-/// How many names [`HOP_BY_HOP`] lists.
+/// How many of [`ALWAYS_STRIPPED`] are hop-by-hop names (the rest are
+/// `Upgrade` and `Host`).
 const HOP_BY_HOP_LEN: usize = 8;
 
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
+/// The names [`strip_hop_by_hop`] removes whatever `Connection` says: the
+/// hop-by-hop ones, then `Upgrade` and `Host`.
+const ALWAYS_STRIPPED: [HeaderName; HOP_BY_HOP_LEN + 2] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -200,32 +320,28 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
 ];
-
-/// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection`
-/// says.
-fn always_stripped(name: &HeaderName) -> bool {
-    name == header::UPGRADE || name == header::HOST || HOP_BY_HOP.contains(name)
-}
 
 /// Removes hop-by-hop headers (and those named in `Connection`) and `Host`.
 ///
-/// One pass over the names finds the few present (usually only `Host`), so
-/// a message pays one removal per header it carries, not one hash lookup
-/// per name the rules list.
+/// One pass over the message's names marks which of the listed ones it
+/// carries (usually only `Host`), so a message pays one removal per header
+/// it carries, not one hash lookup per name the rules list, and nothing is
+/// cloned.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present: [Option<HeaderName>; HOP_BY_HOP_LEN + 2] = Default::default();
-    let mut n = 0;
+    let mut present = 0u16;
     for name in headers.keys() {
-        if always_stripped(name) {
-            // Each name appears once in `keys()`, so this never overflows.
-            if let Some(slot) = present.get_mut(n) {
-                *slot = Some(name.clone());
-                n += 1;
-            }
+        if let Some(i) = ALWAYS_STRIPPED.iter().position(|n| n == name) {
+            present |= 1 << i;
         }
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present == 0 {
+        return;
+    }
+    // `Connection` is the first listed name.
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -237,8 +353,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in present.into_iter().flatten() {
-        headers.remove(name);
+    for (i, name) in ALWAYS_STRIPPED.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -258,16 +376,16 @@ where
 
     fn call(&mut self, req: Request<B>) -> S::Future {
         let (mut parts, body) = req.into_parts();
-        if let Some(c) = parts.extensions.get::<AttemptCounter>() {
-            c.0.fetch_add(1, Ordering::Relaxed);
+        if let Some(meta) = parts.extensions.get::<RequestMeta>() {
+            meta.attempts.0.fetch_add(1, Ordering::Relaxed);
         }
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
-        match &self.cfg.api_key {
+        match &self.layer.cfg.api_key {
             Some(k) => {
                 h.insert(header::AUTHORIZATION, k.clone());
             }
-            None if self.cfg.forward_client_auth => {}
+            None if self.layer.cfg.forward_client_auth => {}
             None => {
                 h.remove(header::AUTHORIZATION);
             }
@@ -292,11 +410,11 @@ where
                 h.remove(X_REQUEST_TIMEOUT_MS);
             }
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
-        if let Ok(uri) = self.cfg.join(pq).parse::<Uri>() {
+        let uri = match parts.uri.path_and_query() {
+            Some(pq) => self.layer.uri_for(pq),
+            None => self.layer.uri_for(&PathAndQuery::from_static("/")),
+        };
+        if let Some(uri) = uri {
             parts.uri = uri;
         }
         parts.version = http::Version::HTTP_11;
@@ -328,6 +446,41 @@ mod tests {
     }
 
     #[test]
+    fn uri_for_agrees_with_join() {
+        let bases = [
+            "http://127.0.0.1:8081/v1",
+            "http://127.0.0.1:8081",
+            "http://127.0.0.1:8081/",
+            "https://api.example.com/v1/",
+            "http://h:1/proxy",
+            "http://h:1/proxy/v1",
+            "http://h:1/a/b/",
+            "http://user@h/v1x",
+            "http://simulated-vendor",
+        ];
+        let paths = [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1/chat/completions",
+            "/v1/models?x=1&y=%20",
+            "/v10/x",
+            "/v1x",
+            "/other?q",
+        ];
+        for base in bases {
+            let f = ForwardLayer::new(base, None, false).unwrap();
+            assert!(f.cfg.target.is_some(), "{base}");
+            for pq in paths {
+                let want: Uri = f.join(pq).parse().unwrap();
+                let got = f.uri_for(&pq.parse().unwrap()).unwrap();
+                assert_eq!(got, want, "{base} + {pq}");
+                assert_eq!(got.to_string(), want.to_string(), "{base} + {pq}");
+            }
+        }
+    }
+
+    #[test]
     fn hop_by_hop_removed() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -346,7 +499,7 @@ mod tests {
     #[test]
     fn every_listed_header_removed_and_others_kept() {
         let mut h = HeaderMap::new();
-        for n in &HOP_BY_HOP {
+        for n in &ALWAYS_STRIPPED[..HOP_BY_HOP_LEN] {
             h.append(n, HeaderValue::from_static("a"));
             h.append(n, HeaderValue::from_static("b"));
         }

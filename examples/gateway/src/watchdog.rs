@@ -13,8 +13,17 @@
 //! With HTTP/2 one late stream cuts the whole connection, its other streams
 //! included; the body's own bound, which fires first whenever the client
 //! reads, keeps that to clients that have stopped reading.
+//!
+//! # Cost per response
+//!
+//! A watch is a lock, a set insert and, at the end, a removal. The waiting
+//! task is woken only when a new deadline comes before the instant it will
+//! look anyway: on a keep-alive connection every response's deadline lies
+//! after the previous one's, so the task sleeps on until the earliest
+//! deadline it saw and then moves on to the earliest one still alive,
+//! instead of being woken (one more poll of the whole connection) by every
+//! request.
 
-use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -35,7 +44,15 @@ pub struct Watchdog {
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
-    live: BTreeSet<(Instant, u64)>,
+    /// Deadline and id of each live response. A list, not an ordered set:
+    /// an HTTP/1 connection has one response alive at a time (an HTTP/2 one
+    /// a few), so a scan is cheaper than a tree's insert and removal, and
+    /// the list keeps its one allocation for the connection's life.
+    live: Vec<(Instant, u64)>,
+    /// When the waiting task looks at `live` next (it sleeps until then);
+    /// `None` while it waits for a notification only. A new deadline
+    /// before it (or any, when `None`) wakes the task.
+    next_look: Option<Instant>,
 }
 
 impl Watchdog {
@@ -47,17 +64,23 @@ impl Watchdog {
     /// Watches a response that must be finished by `deadline`; dropping the
     /// [`Watch`] stops watching it.
     pub fn watch(self: &Arc<Self>, deadline: Instant) -> Watch {
-        let key = {
+        let (key, wake) = {
             let mut state = self
                 .state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let key = (deadline, state.next_id);
             state.next_id += 1;
-            state.live.insert(key);
-            key
+            state.live.push(key);
+            let wake = state.next_look.is_none_or(|at| deadline < at);
+            if wake {
+                state.next_look = Some(deadline);
+            }
+            (key, wake)
         };
-        self.changed.notify_waiters();
+        if wake {
+            self.changed.notify_waiters();
+        }
         Watch {
             dog: Arc::clone(self),
             key,
@@ -73,13 +96,16 @@ impl Watchdog {
             .len()
     }
 
-    fn earliest(&self) -> Option<Instant> {
-        self.state
+    /// The earliest live deadline, which the waiting task will look at
+    /// next (recorded for [`watch`](Self::watch)).
+    fn next_look(&self) -> Option<Instant> {
+        let mut state = self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .live
-            .first()
-            .map(|(at, _)| *at)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let earliest = state.live.iter().map(|(at, _)| *at).min();
+        state.next_look = earliest;
+        earliest
     }
 
     /// Resolves once a watched response is still alive at its deadline.
@@ -89,7 +115,7 @@ impl Watchdog {
             tokio::pin!(changed);
             // Registered before reading the state, so no change is missed.
             changed.as_mut().enable();
-            match self.earliest() {
+            match self.next_look() {
                 Some(at) if at <= Instant::now() => return,
                 Some(at) => {
                     tokio::select! {
@@ -118,7 +144,9 @@ impl Drop for Watch {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.live.remove(&self.key);
+        if let Some(i) = state.live.iter().position(|k| *k == self.key) {
+            state.live.swap_remove(i);
+        }
     }
 }
 
@@ -132,11 +160,12 @@ pin_project! {
 }
 
 impl<B> WatchedBody<B> {
-    /// Wraps `inner`, watched by `watch` until it ends or is dropped.
-    pub fn new(inner: B, watch: Watch) -> Self {
+    /// Wraps `inner`, watched by `watch` (if any) until it ends or is
+    /// dropped.
+    pub fn new(inner: B, watch: impl Into<Option<Watch>>) -> Self {
         Self {
             inner,
-            watch: Some(watch),
+            watch: watch.into(),
         }
     }
 }
@@ -240,5 +269,33 @@ mod tests {
         assert_pending!(expired.poll());
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_ready!(expired.poll());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn later_deadlines_do_not_wake_the_waiting_task() {
+        let dog = Watchdog::new();
+        let start = Instant::now();
+        let first = dog.watch(start + Duration::from_secs(5));
+        let mut expired = task::spawn(dog.expired());
+        assert_pending!(expired.poll());
+        // Keep-alive: the first response ends, the next one is watched.
+        drop(first);
+        let second = dog.watch(start + Duration::from_secs(6));
+        assert!(!expired.is_woken(), "a later deadline needs no wake-up");
+        // The task looks again at the first deadline, then waits for the
+        // second, which trips.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(expired.is_woken());
+        assert_pending!(expired.poll());
+        // An earlier deadline than the one it waits for wakes it.
+        let third = dog.watch(start + Duration::from_millis(5_500));
+        assert!(expired.is_woken(), "an earlier deadline wakes it");
+        assert_pending!(expired.poll());
+        drop(third);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_ready!(expired.poll());
+        drop(second);
     }
 }
