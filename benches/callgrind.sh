@@ -3,6 +3,7 @@
 # runs 10,000 and 30,000 calls; (Ir(30k) - Ir(10k)) / 20,000 cancels the
 # start-up. Then the full stacks' instructions by category
 # (callgrind_breakdown.py). Deterministic: the machine's noise does not enter.
+# Also the atomic read-modify-writes per call (benches/atomics.py).
 #   bash benches/callgrind.sh [config...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,16 +12,17 @@ P=$(ls -t target/release/deps/profile-* | grep -v '\.d$' | head -1)
 OUT=${CG_OUT:-target/callgrind}
 mkdir -p "$OUT"
 ir() {
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/$1-$2.out" "$P" "$1" "$2" 2>/dev/null
+  valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$OUT/$1-$2.out" "$P" "$1" "$2" 2>/dev/null
   callgrind_annotate "$OUT/$1-$2.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
 }
 configs=("$@")
 [ ${#configs[@]} -eq 0 ] && configs=(bare sla attempt-timeout shield admission rate-limit \
-  concurrency retry full tower-timeout tower-concurrency tower-buffer-rate-limit tower-retry \
+  concurrency retry full http-bare http-full tower-timeout tower-concurrency tower-buffer-rate-limit tower-retry \
   tower-load-shed tower-full)
 for c in "${configs[@]}"; do
   a=$(ir "$c" 10000); b=$(ir "$c" 30000)
-  echo "$c: $(( (b - a) / 20000 )) instructions/call"
+  at=$(python3 benches/atomics.py "$P" "$OUT/$c-10000.out" "$OUT/$c-30000.out" 20000)
+  echo "$c: $(( (b - a) / 20000 )) instructions/call, $at atomics/call"
 done
 "$P" sizes
 for c in full tower-full; do

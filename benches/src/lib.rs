@@ -274,7 +274,9 @@ where
 /// [`http_upstream`], with limits that do not bind.
 pub fn http_stack() -> impl Service<
     HttpReq,
-    Response = http::Response<impl http_body::Body<Data = bytes::Bytes, Error: std::fmt::Debug> + Send>,
+    Response = http::Response<
+        impl http_body::Body<Data = bytes::Bytes, Error: std::fmt::Debug> + Send,
+    >,
     Error = std::convert::Infallible,
     Future: Send,
 > + Clone
