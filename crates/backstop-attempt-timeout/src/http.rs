@@ -226,7 +226,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let Some(mut start) = Start::now(self.timeouts.attempt) else {
+        let Some(start) = Start::now(self.timeouts.attempt) else {
             return HttpResponseFuture {
                 state: State::Expired,
             };

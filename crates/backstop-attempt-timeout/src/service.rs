@@ -73,7 +73,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let Some(mut start) = Start::now(self.timeout) else {
+        let Some(start) = Start::now(self.timeout) else {
             return ResponseFuture::expired();
         };
         let recording = start.recording(&self.metrics);

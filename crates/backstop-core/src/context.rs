@@ -6,96 +6,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use std::cell::RefCell;
-
 use pin_project_lite::pin_project;
 use tokio::time::{Duration, Instant};
 
-// The current context: a thread-local slot that scopes swap a context into
-// for the length of a synchronous call or of one poll, and swap back out
-// (what `tokio::task_local!` does, with a swap that also works from `&mut`, so
-// publishing needs no extra clone). Never borrowed across user code.
-thread_local! {
-    static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
-}
-
-/// Swaps `slot` into the current-context slot; swaps it back on drop (also on
-/// unwind). Does nothing when the thread's locals are gone.
-struct Swap<'a> {
-    slot: &'a mut Option<Context>,
-    swapped: bool,
-}
-
-impl<'a> Swap<'a> {
-    #[inline]
-    fn enter(slot: &'a mut Option<Context>) -> Self {
-        let swapped = swap(slot);
-        Self { slot, swapped }
-    }
-}
-
-impl Drop for Swap<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if self.swapped {
-            swap(self.slot);
-        }
-    }
-}
-
-/// Moves a borrowed context into the current-context slot; moves it back
-/// (and the outer one back in) on drop, also on unwind.
-struct InPlace<'a> {
-    ctx: &'a mut Context,
-    /// The outer context while ours is current.
-    outer: Option<Context>,
-    swapped: bool,
-}
-
-impl<'a> InPlace<'a> {
-    #[inline]
-    fn enter(ctx: &'a mut Context) -> Self {
-        let mut slot = Some(std::mem::take(ctx));
-        let swapped = swap(&mut slot);
-        if !swapped {
-            // The thread's locals are gone: nothing moved, give it back.
-            if let Some(own) = slot.take() {
-                *ctx = own;
-            }
-        }
-        Self {
-            ctx,
-            outer: slot,
-            swapped,
-        }
-    }
-}
-
-impl Drop for InPlace<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if self.swapped {
-            let mut slot = self.outer.take();
-            swap(&mut slot);
-            if let Some(own) = slot {
-                *self.ctx = own;
-            }
-        }
-    }
-}
-
-#[inline]
-fn swap(slot: &mut Option<Context>) -> bool {
-    CURRENT
-        .try_with(|cur| match cur.try_borrow_mut() {
-            Ok(mut cur) => {
-                std::mem::swap(&mut *cur, slot);
-                true
-            }
-            Err(_) => false,
-        })
-        .unwrap_or(false)
-}
+// The current context: a thread-local pointer to a context that lives in the
+// scope's own frame (a `sync_scope` closure's caller, or a pinned `Scoped`
+// future during one poll), set for the length of the call or the poll and
+// reset on the way out, also on unwind (`scoped_tls`). Publishing moves and
+// copies nothing: a scope costs a pointer store and a pointer load.
+scoped_tls::scoped_thread_local!(static CURRENT: Context);
 
 /// What one request carries through the stack: its SLA deadline, the current
 /// attempt's deadline, its attempt number and its id.
@@ -111,9 +30,9 @@ fn swap(slot: &mut Option<Context>) -> bool {
 /// of the inner future ([`Context::scope`]). Layers that only read call
 /// [`Context::current`] in their `call()`.
 ///
-/// The context behaves as a task-local (a thread-local slot that every scope
-/// swaps a context into for one synchronous call or one poll, and out again,
-/// as `tokio::task_local!` does): it does not cross a `tokio::spawn` or a
+/// The context behaves as a task-local (a thread-local pointer that every
+/// scope sets to its own context for one synchronous call or one poll, and
+/// resets after, so a scope moves and copies nothing): it does not cross a `tokio::spawn` or a
 /// `tower::buffer::Buffer`, and hyper polls response bodies outside every
 /// scope, so body wrappers capture what they need at call time. For HTTP,
 /// `PropagateContextLayer` (feature `http`), placed innermost, copies it into
@@ -150,27 +69,21 @@ impl Context {
     /// scope), without cloning it.
     #[inline]
     pub fn with_current<R>(f: impl FnOnce(&Self) -> R) -> R {
-        let mut f = Some(f);
-        let out = CURRENT.try_with(|cur| {
-            let cur = cur.try_borrow().ok()?;
-            let ctx = cur.as_ref()?;
-            f.take().map(|f| f(ctx))
-        });
-        match (out, f) {
-            (Ok(Some(out)), _) => out,
-            (_, Some(f)) => f(&Self::new()),
-            // `f` is only taken to produce `Some`.
-            (_, None) => unreachable!("with_current: ran without a result"),
+        if CURRENT.is_set() {
+            CURRENT.with(f)
+        } else {
+            f(&Self::new())
         }
     }
 
     /// The context of the current scope, if the caller runs inside one.
     #[inline]
     pub fn try_current() -> Option<Self> {
-        CURRENT
-            .try_with(|cur| cur.try_borrow().ok().and_then(|cur| cur.clone()))
-            .ok()
-            .flatten()
+        if CURRENT.is_set() {
+            Some(CURRENT.with(Self::clone))
+        } else {
+            None
+        }
     }
 
     /// The end-to-end deadline of the request.
@@ -258,18 +171,15 @@ impl Context {
     /// Layers use it around the inner service's `call()`.
     #[inline]
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        let mut slot = Some(self);
-        let _swap = Swap::enter(&mut slot);
-        f()
+        CURRENT.set(&self, f)
     }
 
     /// Like [`sync_scope`](Self::sync_scope), but borrows the context
     /// instead of consuming it: a layer that also keeps the context (for
-    /// [`scope`](Self::scope)) needs no clone. `self` is unchanged afterwards.
+    /// [`scope`](Self::scope)) needs no clone.
     #[inline]
-    pub fn sync_scope_in_place<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let _in_place = InPlace::enter(self);
-        f()
+    pub fn sync_scope_in_place<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.set(self, f)
     }
 
     /// Makes this context the current one during every poll of `future`, and
@@ -277,15 +187,15 @@ impl Context {
     #[inline]
     pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
         Scoped {
-            ctx: Some(self),
+            ctx: self,
             inner: Some(future),
         }
     }
 
     /// Runs `f` with this context as the current one, like
-    /// [`sync_scope`](Self::sync_scope), but without cloning or re-scoping
-    /// when the current context already carries the same values (the usual
-    /// case: an outer layer scoped it).
+    /// [`sync_scope_in_place`](Self::sync_scope_in_place), but without
+    /// re-scoping when the current context already carries the same values
+    /// (the usual case: an outer layer scoped it).
     ///
     /// For layers that *re-publish* a context they captured earlier (so that
     /// it is right even when their future is polled elsewhere), not for
@@ -295,7 +205,7 @@ impl Context {
         if self.is_current() {
             f()
         } else {
-            self.clone().sync_scope(f)
+            CURRENT.set(self, f)
         }
     }
 
@@ -314,12 +224,7 @@ impl Context {
     /// same id, not merely an equal one).
     #[inline]
     pub fn is_current(&self) -> bool {
-        CURRENT
-            .try_with(|cur| {
-                cur.try_borrow()
-                    .is_ok_and(|cur| cur.as_ref().is_some_and(|cur| cur.same(self)))
-            })
-            .unwrap_or(false)
+        CURRENT.is_set() && CURRENT.with(|cur| std::ptr::eq(cur, self) || cur.same(self))
     }
 
     #[inline]
@@ -361,7 +266,7 @@ pin_project! {
     /// Returned by [`Context::scope`]. The context is in scope during every
     /// poll of the inner future and while the inner future is dropped.
     pub struct Scoped<F> {
-        ctx: Option<Context>,
+        ctx: Context,
         #[pin]
         inner: Option<F>,
     }
@@ -371,8 +276,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
-                let _swap = Swap::enter(this.ctx);
-                this.inner.set(None);
+                CURRENT.set(this.ctx, || this.inner.set(None));
             }
         }
     }
@@ -382,19 +286,21 @@ impl<F: Future> Future for Scoped<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let _swap = Swap::enter(this.ctx);
-        let out = match this.inner.as_mut().as_pin_mut() {
-            Some(fut) => fut.poll(cx),
-            // Only after it completed.
-            None => Poll::Pending,
-        };
-        if out.is_ready() {
-            // Drop the finished future now, while in scope: dropping this
-            // future later then needs no scope.
-            this.inner.set(None);
-        }
-        out
+        let this = self.project();
+        let mut inner = this.inner;
+        CURRENT.set(this.ctx, || {
+            let out = match inner.as_mut().as_pin_mut() {
+                Some(fut) => fut.poll(cx),
+                // Only after it completed.
+                None => Poll::Pending,
+            };
+            if out.is_ready() {
+                // Drop the finished future now, while in scope: dropping
+                // this future later then needs no scope.
+                inner.set(None);
+            }
+            out
+        })
     }
 }
 
@@ -558,6 +464,7 @@ impl AsRef<str> for RequestId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
 
     #[tokio::test(start_paused = true)]
     async fn deadlines_take_the_minimum() {
@@ -656,22 +563,50 @@ mod tests {
     #[test]
     fn sync_scope_in_place_restores_both() {
         let outer = Context::new().with_attempt(Attempt(1));
-        let mut own = Context::new().with_attempt(Attempt(2));
+        let own = Context::new().with_attempt(Attempt(2));
         let (seen, after) = outer.sync_scope(|| {
             let seen = own.sync_scope_in_place(Context::current);
             (seen, Context::current())
         });
         assert_eq!(seen.attempt(), Some(Attempt(2)));
         assert_eq!(after.attempt(), Some(Attempt(1)));
-        assert_eq!(own.attempt(), Some(Attempt(2)));
         assert!(Context::try_current().is_none());
         // Also outside any scope, and on unwind.
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             own.sync_scope_in_place(|| panic!("boom"));
         }));
         assert!(caught.is_err());
-        assert_eq!(own.attempt(), Some(Attempt(2)));
         assert!(Context::try_current().is_none());
+    }
+
+    #[test]
+    fn scopes_work_while_the_thread_locals_are_torn_down() {
+        // A future left in another thread-local is dropped by that local's
+        // destructor, at thread exit; its drop still runs in its scope.
+        struct Probe(std::sync::mpsc::Sender<Option<Attempt>>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                let _ = self.0.send(Context::current().attempt());
+            }
+        }
+        thread_local! {
+            static PARKED: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>> =
+                const { RefCell::new(None) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let probe = Probe(tx);
+            let fut = Context::new()
+                .with_attempt(Attempt(5))
+                .scope(async move {
+                    let _probe = probe;
+                    std::future::pending::<()>().await;
+                });
+            PARKED.with(|p| *p.borrow_mut() = Some(Box::pin(fut)));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv().unwrap(), Some(Attempt(5)));
     }
 
     #[test]

@@ -152,7 +152,6 @@ where
         } else {
             ctx.with_request_id(RequestId::generate())
         };
-        let mut ctx = ctx;
         let fut = ctx.sync_scope_in_place(|| self.inner.call(req));
         ResponseFuture {
             inner: ctx.scope(fut),

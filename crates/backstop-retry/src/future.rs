@@ -108,7 +108,7 @@ where
         loop {
             let outcome = match this.state.as_mut().project() {
                 StateProj::Ready { next } => {
-                    let mut actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
+                    let actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
                     let svc = &mut *this.svc;
                     // One scope around readiness and the call.
                     let called = actx.sync_scope_in_place(|| match svc.poll_ready(cx) {

@@ -92,7 +92,7 @@ impl<S> SlaTimeout<S> {
             sla_expired(&self.metrics);
             return ResponseFuture::expired();
         }
-        let mut ctx = outer.with_sla_deadline(deadline);
+        let ctx = outer.with_sla_deadline(deadline);
         let fut = ctx.sync_scope_in_place(|| self.inner.call(req));
         ResponseFuture::new(ctx.scope(fut), deadline, self.metrics.clone())
     }

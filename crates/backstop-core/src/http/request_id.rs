@@ -92,7 +92,7 @@ where
         };
         req.headers_mut().insert(X_REQUEST_ID, header.clone());
         req.extensions_mut().insert(id.clone());
-        let mut ctx = Context::current().with_request_id(id);
+        let ctx = Context::current().with_request_id(id);
         let fut = ctx.sync_scope_in_place(|| self.inner.call(req));
         ResponseFuture {
             inner: ctx.scope(fut),
