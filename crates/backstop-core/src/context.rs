@@ -596,12 +596,10 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let probe = Probe(tx);
-            let fut = Context::new()
-                .with_attempt(Attempt(5))
-                .scope(async move {
-                    let _probe = probe;
-                    std::future::pending::<()>().await;
-                });
+            let fut = Context::new().with_attempt(Attempt(5)).scope(async move {
+                let _probe = probe;
+                std::future::pending::<()>().await;
+            });
             PARKED.with(|p| *p.borrow_mut() = Some(Box::pin(fut)));
         })
         .join()

@@ -29,7 +29,7 @@ use backstop_core::metrics::ErrorCounters;
 use backstop_health::Readiness;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -366,12 +366,7 @@ where
         let v1_routes = v1_routes.clone();
         move |req: Request| {
             let v1_routes = v1_routes.clone();
-            async move {
-                v1_routes
-                    .v1(req.map(RequestBody::from))
-                    .await
-                    .map(Body::new)
-            }
+            async move { v1_routes.v1(req.map(Either::Right)).await.map(Body::new) }
         }
     };
     Router::new()
@@ -417,15 +412,15 @@ where
         Ok(v1_response(v1.v1(req).await))
     } else {
         let res = others.oneshot(req).await?;
-        Ok(res.map(GatewayBody::from))
+        Ok(res.map(Either::Right))
     }
 }
 
 /// A `/v1` answer: the stack's response, or one the gateway made.
 fn v1_response<SB>(res: Result<http::Response<SB>, Response>) -> http::Response<GatewayBody<SB>> {
     match res {
-        Ok(res) => res.map(|body| GatewayBody::Stack { body }),
-        Err(generated) => generated.map(GatewayBody::from),
+        Ok(res) => res.map(Either::Left),
+        Err(generated) => generated.map(Either::Right),
     }
 }
 

@@ -9,6 +9,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::service::{AppFuture, HttpApp, RequestBody};
+use crate::service::{AppFuture, HttpApp};
 use crate::trace::RequestMeta;
 use crate::watchdog::{Watch, Watchdog, WatchedBody};
 
@@ -45,7 +46,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Connection {
         req.extensions_mut().insert(RequestMeta::new(arrival));
         let watch = self.dog.watch(arrival + self.budget);
         Watched {
-            fut: self.app.call(req.map(RequestBody::from)),
+            fut: self.app.call(req.map(Either::Left)),
             watch: Some(watch),
         }
     }

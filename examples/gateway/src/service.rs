@@ -31,7 +31,7 @@ use backstop::{BoxError, ErrorKind};
 use backstop_core::http::json_error;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt};
 
@@ -84,7 +84,7 @@ impl Service<Request<Body>> for HttpApp {
     }
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        ResponseFuture(HttpApp::call(self, req.map(RequestBody::from)))
+        ResponseFuture(HttpApp::call(self, req.map(Either::Right)))
     }
 }
 
@@ -195,109 +195,11 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request body: hyper's, from the server, or axum's, from the
-    /// [`Router`](axum::Router) (in-process use and tests). An enum rather
-    /// than a box: no allocation, one branch per poll.
-    #[project = RequestBodyProj]
-    #[allow(missing_debug_implementations, missing_docs)]
-    pub enum RequestBody {
-        /// From the server.
-        Incoming { #[pin] body: Incoming },
-        /// From the router.
-        Axum { #[pin] body: Body },
-    }
-}
+/// A request body: hyper's, from the server (`Left`), or axum's, from the
+/// [`Router`](axum::Router) (`Right`: in-process use and tests). An enum
+/// rather than a box: no allocation, one branch per poll.
+pub type RequestBody = Either<Incoming, Body>;
 
-impl From<Incoming> for RequestBody {
-    fn from(body: Incoming) -> Self {
-        Self::Incoming { body }
-    }
-}
-
-impl From<Body> for RequestBody {
-    fn from(body: Body) -> Self {
-        Self::Axum { body }
-    }
-}
-
-impl http_body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            RequestBodyProj::Incoming { body } => body.poll_frame(cx).map_err(Into::into),
-            RequestBodyProj::Axum { body } => body.poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Incoming { body } => body.is_end_stream(),
-            Self::Axum { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Incoming { body } => body.size_hint(),
-            Self::Axum { body } => body.size_hint(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body: the per-client stack's, or one the gateway made
-    /// (a generated error, or the axum router's answer).
-    #[project = GatewayBodyProj]
-    #[allow(missing_debug_implementations, missing_docs)]
-    pub enum GatewayBody<B> {
-        /// The stack's.
-        Stack { #[pin] body: B },
-        /// Generated or from the router.
-        Generated { #[pin] body: Body },
-    }
-}
-
-impl<B> From<Body> for GatewayBody<B> {
-    fn from(body: Body) -> Self {
-        Self::Generated { body }
-    }
-}
-
-impl<B> http_body::Body for GatewayBody<B>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            GatewayBodyProj::Stack { body } => body.poll_frame(cx).map_err(Into::into),
-            GatewayBodyProj::Generated { body } => body.poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Stack { body } => body.is_end_stream(),
-            Self::Generated { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Stack { body } => body.size_hint(),
-            Self::Generated { body } => body.size_hint(),
-        }
-    }
-}
+/// A response body: the per-client stack's (`Left`), or one the gateway made
+/// (`Right`: a generated error, or the axum router's answer).
+pub type GatewayBody<B> = Either<B, Body>;

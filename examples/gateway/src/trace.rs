@@ -13,6 +13,7 @@ use backstop_core::metrics::ErrorCounters;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Layer, Service};
@@ -144,10 +145,24 @@ fn outcome(status: StatusCode, headers: &http::HeaderMap) -> &'static str {
     }
 }
 
+/// A response body that can also carry one the gateway made (the 500 for a
+/// panicked handler).
+pub trait FromGenerated {
+    /// `body` as this body type.
+    fn from_generated(body: axum::body::Body) -> Self;
+}
+
+/// The gateway's response body (`GatewayBody`): generated bodies go right.
+impl<L> FromGenerated for Either<L, axum::body::Body> {
+    fn from_generated(body: axum::body::Body) -> Self {
+        Self::Right(body)
+    }
+}
+
 impl<S, B, RB> Service<Request<B>> for Trace<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    RB: Body + From<axum::body::Body>,
+    RB: Body + FromGenerated,
 {
     type Response = Response<TraceBody<RB>>;
     type Error = S::Error;
@@ -202,7 +217,7 @@ pin_project_lite::pin_project! {
 impl<F, E, RB> Future for TraceFuture<F>
 where
     F: Future<Output = Result<Response<RB>, E>>,
-    RB: Body + From<axum::body::Body>,
+    RB: Body + FromGenerated,
 {
     type Output = Result<Response<TraceBody<RB>>, E>;
 
@@ -228,7 +243,7 @@ where
                     "internal error",
                     id.as_ref(),
                 )
-                .map(|b| RB::from(axum::body::Body::from(b))))
+                .map(|b| RB::from_generated(axum::body::Body::from(b))))
             }
         };
         let mut info = this.info.take();
