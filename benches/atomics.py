@@ -10,6 +10,7 @@ execution counts are read from each callgrind file; the difference between
 the two runs, divided by the calls between them, cancels the start-up.
 """
 import collections
+import os
 import re
 import subprocess
 import sys
@@ -32,12 +33,28 @@ def locked_addrs(binary):
     return addrs
 
 
-def counts(path, addrs):
+def counts(path, addrs, binary):
+    # Only the binary's own instructions: a shared library's addresses can
+    # coincide with the binary's, so each cost line is kept only while the
+    # current object (`ob=`, compressed to an id after its first mention)
+    # is the binary.
     total = collections.Counter()
     cols, cur, skip = 1, 0, False
+    names, in_binary = {}, False
+    real = os.path.realpath(binary)
     for line in open(path, errors="replace"):
         if line.startswith("positions:"):
             cols = len(line.split()) - 1
+            continue
+        if line.startswith(("ob=", "cob=")):
+            # An object's name comes with its first mention, in either.
+            m = re.match(r"c?ob=(\(\d+\))?\s*(.*)$", line.rstrip("\n"))
+            oid, name = m.group(1), m.group(2)
+            if name and oid:
+                names[oid] = name
+            if line.startswith("ob="):
+                name = name or names.get(oid, "")
+                in_binary = bool(name) and os.path.realpath(name) == real
             continue
         if line.startswith("calls="):
             skip = True  # the next line is the call's inclusive cost
@@ -56,7 +73,7 @@ def counts(path, addrs):
         if skip:
             skip = False
             continue
-        if len(tok) > cols and cur in addrs:
+        if in_binary and len(tok) > cols and cur in addrs:
             total[addrs[cur]] += int(tok[cols])
     return total
 
@@ -64,7 +81,7 @@ def counts(path, addrs):
 binary, few, many, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 top = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 addrs = locked_addrs(binary)
-a, b = counts(few, addrs), counts(many, addrs)
+a, b = counts(few, addrs, binary), counts(many, addrs, binary)
 per = {k: (b[k] - a.get(k, 0)) / calls for k in b}
 print(f"{sum(per.values()):.1f}")
 for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]:

@@ -287,21 +287,27 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut inner = this.inner;
-        CURRENT.set(this.ctx, || {
-            let out = match inner.as_mut().as_pin_mut() {
-                Some(fut) => fut.poll(cx),
-                // Only after it completed.
-                None => Poll::Pending,
-            };
-            if out.is_ready() {
-                // Drop the finished future now, while in scope: dropping
-                // this future later then needs no scope.
-                inner.set(None);
-            }
-            out
-        })
+        let inner = this.inner;
+        CURRENT.set(this.ctx, || poll_then_drop(inner, cx))
     }
+}
+
+/// Polls the future in `slot`, and drops it as soon as it completes: the
+/// caller's scope is still set, so dropping the wrapper later needs none.
+/// Pending once the future is gone (polled after completion).
+#[inline]
+fn poll_then_drop<F: Future>(
+    mut slot: Pin<&mut Option<F>>,
+    cx: &mut TaskContext<'_>,
+) -> Poll<F::Output> {
+    let out = match slot.as_mut().as_pin_mut() {
+        Some(fut) => fut.poll(cx),
+        None => Poll::Pending,
+    };
+    if out.is_ready() {
+        slot.set(None);
+    }
+    out
 }
 
 impl<F> fmt::Debug for Scoped<F> {
@@ -342,19 +348,8 @@ impl<F: Future> Future for Rescoped<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let ctx: &Context = this.ctx;
-        let mut inner = this.inner;
-        ctx.rescope(|| {
-            let out = match inner.as_mut().as_pin_mut() {
-                Some(fut) => fut.poll(cx),
-                // Only after it completed.
-                None => Poll::Pending,
-            };
-            if out.is_ready() {
-                // Dropped now, in scope: no scope needed at drop.
-                inner.set(None);
-            }
-            out
-        })
+        let inner = this.inner;
+        ctx.rescope(|| poll_then_drop(inner, cx))
     }
 }
 
