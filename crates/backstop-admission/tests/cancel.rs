@@ -121,9 +121,13 @@ async fn run(seed: u64) {
                 } else {
                     s.call((id, ms))
                 };
+                // Waiting; or admitted at once in `call` (a free permit in
+                // every limiter: the upstream was called, the slot taken
+                // and freed inside `call`); or else refused in `call`
+                // (counted then, even if never polled).
                 let in_queue = queue.depth() > before;
-                // Refused in `call` (counted then, even if never polled).
-                refused += u64::from(!in_queue);
+                let called = calls.lock().unwrap().contains(&id);
+                refused += u64::from(!in_queue && !called);
                 live.push(Live {
                     id,
                     fut: task::spawn(fut),

@@ -23,8 +23,10 @@ pin_project! {
     /// be ready, then calls it and drives the inner future, all with the
     /// request context captured at `call` time in scope.
     ///
-    /// - Uncontended, the first poll takes a permit with one
-    ///   compare-and-swap: no allocation, no lock, no timer, no clock read.
+    /// - Uncontended, `call` took the permit (one compare-and-swap: no
+    ///   allocation, no lock, no timer, no clock read) and, the inner
+    ///   service being ready, called it: the future only drives the inner
+    ///   future.
     /// - Contended, it queues on the semaphore's FIFO wait list and arms a
     ///   [`Sleep`] at the wait deadline (the admission ticket's, else the SLA
     ///   deadline, else none), both in one allocation made only on this
@@ -107,7 +109,7 @@ pin_project! {
 }
 
 /// Where the permit is.
-enum PermitSlot {
+pub(crate) enum PermitSlot {
     /// Not taken yet.
     Wanted(Arc<Semaphore>),
     Held(Permit),
@@ -146,6 +148,10 @@ pin_project! {
             #[pin]
             future: F,
         },
+        // The inner service failed its readiness in `call`.
+        Failed {
+            error: Option<BoxError>,
+        },
     }
 }
 
@@ -157,19 +163,52 @@ where
     S::Error: Into<BoxError>,
     R: ReleasePolicy<S::Response>,
 {
+    /// Waits for the permit (or, holding it, for the service), then calls.
     pub(crate) fn new(
         ctx: Option<Context>,
         service: S,
         request: Req,
-        semaphore: Arc<Semaphore>,
+        permit: PermitSlot,
+        ticket: Option<AdmissionTicket>,
+    ) -> Self {
+        let state = State::Waiting {
+            service,
+            request: Some(request),
+        };
+        Self::with(ctx, state, permit, ticket)
+    }
+
+    /// Already admitted and called (the fast path in `call`).
+    pub(crate) fn called(ctx: Option<Context>, future: S::Future, permit: Permit) -> Self {
+        Self::with(
+            ctx,
+            State::Called { future },
+            PermitSlot::Held(permit),
+            None,
+        )
+    }
+
+    /// The inner service failed its readiness in `call`: nothing is held.
+    #[cold]
+    pub(crate) fn failed(error: BoxError) -> Self {
+        Self::with(
+            None,
+            State::Failed { error: Some(error) },
+            PermitSlot::Gone,
+            None,
+        )
+    }
+
+    #[inline]
+    fn with(
+        ctx: Option<Context>,
+        state: State<S, Req, S::Future>,
+        permit: PermitSlot,
         ticket: Option<AdmissionTicket>,
     ) -> Self {
         let admit = Admit {
-            state: State::Waiting {
-                service,
-                request: Some(request),
-            },
-            permit: PermitSlot::Wanted(semaphore),
+            state,
+            permit,
             slow: SlowSlot(None),
             ticket,
             scoped: ctx.is_some(),
@@ -277,6 +316,9 @@ where
                     };
                     this.slow.clear();
                     this.state.set(State::Called { future });
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
                 }
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));

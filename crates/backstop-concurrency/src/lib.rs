@@ -30,22 +30,31 @@
 //!
 //! [`ConcurrencyLimit`] owns no permit and reserves nothing in `poll_ready`,
 //! which is always ready. Its `call` takes the request's admission ticket
-//! (if a `QueueAdmission` layer outside offers one), clones the inner service and
-//! returns a [`future::ResponseFuture`] that:
+//! (if a `QueueAdmission` layer outside offers one).
 //!
-//! 1. takes a permit at once if one is free and nobody waits (one
-//!    compare-and-swap: no allocation, no lock, no timer, no clock read),
-//!    else queues for one, first come first served,
-//!    until the wait deadline: the admission ticket's deadline, else the SLA
-//!    deadline, else no bound. A deadline already reached fails at once
-//!    without waiting (a `max_wait` of 0 never waits).
-//! 2. drives `ready()` and `call()` on its own clone of the inner service
-//!    (bounded by the same deadline while not ready), with the request
-//!    context captured at `call` time in scope, and the admission ticket
-//!    offered on to the limiters inside: if none takes it, the request leaves
-//!    the admission queue right after the inner `call()` returns.
-//! 3. polls the inner future to completion, holding the permit. The wait
-//!    deadline never bounds the call itself.
+//! - **Fast path:** when a permit is free and nobody waits (one
+//!   compare-and-swap: no allocation, no lock, no timer, no clock read) and
+//!   the inner service answers `poll_ready` with `Ready` at once (asked with
+//!   a waker that does nothing), `call` calls the inner service itself, with
+//!   the ticket offered on, and the [`future::ResponseFuture`] only drives
+//!   the inner future, holding the permit. No clone of the inner service is
+//!   made.
+//! - **Otherwise** (holding the permit already if one was free), `call`
+//!   clones the inner service and returns a [`future::ResponseFuture`] that:
+//!
+//!    1. takes a permit at once if one is free and nobody waits (one
+//!       compare-and-swap: no allocation, no lock, no timer, no clock read),
+//!       else queues for one, first come first served,
+//!       until the wait deadline: the admission ticket's deadline, else the SLA
+//!       deadline, else no bound. A deadline already reached fails at once
+//!       without waiting (a `max_wait` of 0 never waits).
+//!    2. drives `ready()` and `call()` on its own clone of the inner service
+//!       (bounded by the same deadline while not ready), with the request
+//!       context captured at `call` time in scope, and the admission ticket
+//!       offered on to the limiters inside: if none takes it, the request leaves
+//!       the admission queue right after the inner `call()` returns.
+//!    3. polls the inner future to completion, holding the permit. The wait
+//!       deadline never bounds the call itself.
 //!
 //! By default the permit is released when the response future completes. With
 //! the `http` feature,
@@ -84,7 +93,7 @@
 //! (fair, FIFO) and every service it builds, and every clone of those,
 //! shares it. Two layer values are two limits. The
 //! inner service must be `Clone` (DESIGN contract 2): each response future
-//! drives its own clone.
+//! that has to wait drives its own clone.
 //!
 //! # Allocation
 //!

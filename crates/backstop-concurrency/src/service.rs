@@ -4,23 +4,25 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, Waker};
 
 use backstop_core::{AdmissionTicket, BoxError, Context};
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
-use crate::layer::{ConcurrencyHandle, ReleaseOnCompletion, ReleasePolicy};
+use crate::future::{PermitSlot, ResponseFuture};
+use crate::layer::{ConcurrencyHandle, Permit, ReleaseOnCompletion, ReleasePolicy};
 use crate::obs::debug_event;
 use crate::sem::Semaphore;
 
 /// Limits how many requests run at once; built by
 /// [`ConcurrencyLimitLayer`](crate::ConcurrencyLimitLayer).
 ///
-/// `poll_ready` is always ready and reserves nothing; the response future
-/// waits for a permit (FIFO, bounded by the admission deadline, else the SLA
-/// deadline), then drives `ready()` and `call()` on its own clone of the inner
-/// service. Cloning shares the semaphore.
+/// `poll_ready` is always ready and reserves nothing. When a permit is free
+/// and the inner service is ready at once, `call` takes the permit and calls
+/// the inner service itself; otherwise the response future waits for a
+/// permit (FIFO, bounded by the admission deadline, else the SLA deadline),
+/// then drives `ready()` and `call()` on its own clone of the inner service.
+/// Cloning shares the semaphore.
 ///
 /// See the [crate docs](crate) for an example.
 pub struct ConcurrencyLimit<S, R = ReleaseOnCompletion> {
@@ -105,14 +107,40 @@ where
         // counted as waiting while this limiter waits.
         let ticket = AdmissionTicket::take_offered();
         let ctx = Context::try_current();
+        // Fast path: a free permit (never ahead of a queued waiter: the
+        // semaphore refuses while anyone waits) and an inner service that is
+        // ready now. Its readiness is asked with a waker that does nothing:
+        // if it is not ready, the future asks again with its own.
+        let permit = if self.semaphore.try_acquire() {
+            self.semaphore.metrics().acquired(0.0);
+            let permit = Permit::taken(Arc::clone(&self.semaphore));
+            let mut noop = TaskContext::from_waker(Waker::noop());
+            match self.inner.poll_ready(&mut noop) {
+                Poll::Ready(Ok(())) => {
+                    // Admitted: the ticket goes on to the limiters inside,
+                    // and the inner future starts here, in the caller's
+                    // scope.
+                    let future = match ticket {
+                        Some(ticket) => ticket.offer(|| self.inner.call(req)),
+                        None => self.inner.call(req),
+                    };
+                    return ResponseFuture::called(ctx, future, permit);
+                }
+                // The permit and the ticket are released here.
+                Poll::Ready(Err(e)) => return ResponseFuture::failed(e.into()),
+                Poll::Pending => PermitSlot::Held(permit),
+            }
+        } else {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                acquiring(&self.semaphore);
+            }
+            PermitSlot::Wanted(Arc::clone(&self.semaphore))
+        };
         // The clone goes back into `self`; the future drives the service that
         // was here (tower's `Buffer`/`Retry` idiom).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            acquiring(&self.semaphore);
-        }
-        ResponseFuture::new(ctx, inner, req, Arc::clone(&self.semaphore), ticket)
+        ResponseFuture::new(ctx, inner, req, permit, ticket)
     }
 }
 

@@ -135,10 +135,10 @@ async fn permit_held_until_the_future_completes() {
     let (mut svc, mut handle, layer) = limited(2);
     let h = layer.handle();
     let mut f = task::spawn(svc.call("a"));
-    assert_eq!(h.in_flight(), 0, "nothing taken before the first poll");
-    assert_pending!(f.poll());
-    assert_eq!(h.in_flight(), 1);
+    // A free permit and a ready service: taken and called in `call`.
+    assert_eq!(h.in_flight(), 1, "taken in call on the fast path");
     let req = assert_request_eq!(handle, "a");
+    assert_pending!(f.poll());
     assert_pending!(f.poll());
     assert_eq!(h.in_flight(), 1, "held while the inner future runs");
     req.send_response("A");
@@ -317,9 +317,13 @@ async fn dropping_at_each_await_point_releases() {
     let h = layer.handle();
     let slots = QueueSlots::new(8, Duration::from_secs(3));
 
-    // 1. Dropped before the first poll: nothing was taken.
-    drop(svc.clone().call("never"));
+    // 1. Dropped before the first poll. The fast path took the permit and
+    //    called the inner service in `call`: both come back at the drop.
+    let unpolled = svc.clone().call("unpolled");
+    assert_eq!(h.in_flight(), 1);
+    drop(unpolled);
     assert_eq!(h.available_permits(), 1);
+    drop(assert_request_eq!(handle, "unpolled"));
 
     // 2. Dropped while queued: the next waiter is not skipped.
     let mut holder = task::spawn(svc.clone().call("holder"));
@@ -390,4 +394,90 @@ fn the_future_stays_small() {
     let size = std::mem::size_of::<ResponseFuture<Noop, u64>>();
     assert!(size <= 256, "ResponseFuture grew to {size} bytes");
     assert!(size < std::mem::size_of::<tokio::time::Sleep>() * 2);
+}
+
+/// An always-ready service that counts its clones and its calls.
+#[derive(Default)]
+struct Counting {
+    clones: Arc<std::sync::atomic::AtomicUsize>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Clone for Counting {
+    fn clone(&self) -> Self {
+        self.clones
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            clones: Arc::clone(&self.clones),
+            calls: Arc::clone(&self.calls),
+        }
+    }
+}
+
+impl Service<u64> for Counting {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u64, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::future::ready(Ok(req))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_free_permit_and_a_ready_service_are_called_in_call_without_a_clone() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let inner = Counting::default();
+    let (clones, calls) = (Arc::clone(&inner.clones), Arc::clone(&inner.calls));
+    let layer = ConcurrencyLimitLayer::new(1).unwrap();
+    let mut svc = layer.layer(inner);
+
+    // Free permit, ready service: `call` takes the permit and calls.
+    let mut first = task::spawn(svc.call(1));
+    assert_eq!(calls.load(Relaxed), 1, "called from `call`");
+    assert_eq!(clones.load(Relaxed), 0, "no clone on the fast path");
+    assert_eq!(layer.handle().in_flight(), 1, "the future holds the permit");
+
+    // No permit free: this one clones, waits, and calls only once admitted.
+    let mut second = task::spawn(svc.call(2));
+    assert_eq!(clones.load(Relaxed), 1);
+    assert_eq!(calls.load(Relaxed), 1);
+    assert_pending!(second.poll());
+
+    assert_eq!(assert_ready_ok!(first.poll()), 1);
+    assert!(second.is_woken());
+    assert_eq!(assert_ready_ok!(second.poll()), 2);
+    assert_eq!(calls.load(Relaxed), 2);
+    assert_eq!(layer.handle().in_flight(), 0);
+
+    // Dropped unpolled, after the fast path: the permit comes back.
+    let unpolled = svc.call(3);
+    assert_eq!(layer.handle().in_flight(), 1);
+    drop(unpolled);
+    assert_eq!(layer.handle().available_permits(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fast_path_hands_the_ticket_on_and_frees_the_slot() {
+    let slots = QueueSlots::new(4, Duration::from_secs(1));
+    let layer = ConcurrencyLimitLayer::new(1).unwrap();
+    let mut svc = layer.layer(Counting::default());
+    let t = ticket(
+        &slots,
+        Instant::now() + Duration::from_secs(5),
+        WaitBound::MaxWait,
+    );
+    let mut f = task::spawn(call_with_ticket(t, || svc.call(7)));
+    // Admitted in `call`; no limiter inside took the ticket: slot free.
+    assert_eq!(slots.depth(), 0);
+    assert_eq!(assert_ready_ok!(f.poll()), 7);
 }
