@@ -68,7 +68,7 @@ pin_project! {
 pin_project! {
     // With a context at call time, it is scoped around every poll (and the
     // drop) of the inner service's future; without one there is nothing to
-    // restore, so the scope (two task-local swaps per poll) is skipped.
+    // restore, so the scope (a thread-local set and reset per poll) is skipped.
     #[project = InnerProj]
     enum Inner<S, Req, R>
     where

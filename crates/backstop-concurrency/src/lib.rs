@@ -121,7 +121,8 @@
 //! ready), so the uncontended future does not carry it.
 //!
 //! When `call` runs outside any context scope, there is nothing to restore,
-//! so the response future skips the scope (two task-local swaps per poll).
+//! so the response future skips the scope (a thread-local set and reset per
+//! poll).
 //!
 //! # Differences from `tower::limit::ConcurrencyLimit`
 //!
