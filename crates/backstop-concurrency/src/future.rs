@@ -310,10 +310,8 @@ where
                     // Admitted here: the ticket goes on to the limiters
                     // inside; if none takes it the request leaves the queue
                     // right after the inner `call()`. Stop the timer.
-                    let future = match this.ticket.take() {
-                        Some(ticket) => ticket.offer(|| service.call(request)),
-                        None => service.call(request),
-                    };
+                    let future =
+                        AdmissionTicket::offer_if_any(this.ticket.take(), || service.call(request));
                     this.slow.clear();
                     this.state.set(State::Called { future });
                 }

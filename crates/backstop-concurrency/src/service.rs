@@ -120,10 +120,7 @@ where
                     // Admitted: the ticket goes on to the limiters inside,
                     // and the inner future starts here, in the caller's
                     // scope.
-                    let future = match ticket {
-                        Some(ticket) => ticket.offer(|| self.inner.call(req)),
-                        None => self.inner.call(req),
-                    };
+                    let future = AdmissionTicket::offer_if_any(ticket, || self.inner.call(req));
                     return ResponseFuture::called(ctx, future, permit);
                 }
                 // The permit and the ticket are released here.

@@ -206,6 +206,17 @@ impl AdmissionTicket {
         f()
     }
 
+    /// Runs `f` with `ticket` offered, as [`offer`](Self::offer) does, or
+    /// plainly when there is none: what a limiter does around its inner
+    /// `call()` with the ticket it took.
+    #[inline]
+    pub fn offer_if_any<R>(ticket: Option<Self>, f: impl FnOnce() -> R) -> R {
+        match ticket {
+            Some(ticket) => ticket.offer(f),
+            None => f(),
+        }
+    }
+
     /// Takes the ticket offered to the `call()` running now, if any.
     ///
     /// Ticket-aware limiters call it first thing in their `call()`.

@@ -255,12 +255,10 @@ where
                     // Admitted: the ticket goes on to the limiters inside;
                     // if none takes it the request leaves admission now. The
                     // cost is spent.
-                    let fut = match this.ticket.take() {
-                        Some(ticket) => {
-                            scoped(this.ctx.as_ref(), || ticket.offer(|| inner.call(req)))
-                        }
-                        None => scoped(this.ctx.as_ref(), || inner.call(req)),
-                    };
+                    let ticket = this.ticket.take();
+                    let fut = scoped(this.ctx.as_ref(), || {
+                        AdmissionTicket::offer_if_any(ticket, || inner.call(req))
+                    });
                     *this.inner = None;
                     if let Some(wait) = this.wait.take() {
                         wait.admitted();
