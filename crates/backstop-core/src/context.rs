@@ -43,7 +43,7 @@ scoped_tls::scoped_thread_local!(static CURRENT: Context);
 /// [`sync_scope_in_place`](Self::sync_scope_in_place) borrows, and layers
 /// that only re-publish a context captured earlier use
 /// [`rescope`](Self::rescope) / [`rescope_future`](Self::rescope_future),
-/// which do nothing when it is already current.
+/// the same scopes under names that say so.
 #[derive(Clone, Default)]
 pub struct Context {
     sla_deadline: Option<Instant>,
@@ -192,32 +192,25 @@ impl Context {
         }
     }
 
-    /// Runs `f` with this context as the current one, like
-    /// [`sync_scope_in_place`](Self::sync_scope_in_place), but without
-    /// re-scoping when the current context already carries the same values
-    /// (the usual case: an outer layer scoped it).
+    /// Runs `f` with this context as the current one: the same as
+    /// [`sync_scope_in_place`](Self::sync_scope_in_place), named for layers
+    /// that *re-publish* a context they captured earlier (so that it is right
+    /// even when their future is polled elsewhere).
     ///
-    /// For layers that *re-publish* a context they captured earlier (so that
-    /// it is right even when their future is polled elsewhere), not for
-    /// layers that change it.
+    /// A scope is a pointer store, so it is set even when the current
+    /// context already carries the same values: checking first
+    /// ([`is_current`](Self::is_current)) would cost more than it saves.
     #[inline]
     pub fn rescope<R>(&self, f: impl FnOnce() -> R) -> R {
-        if self.is_current() {
-            f()
-        } else {
-            CURRENT.set(self, f)
-        }
+        CURRENT.set(self, f)
     }
 
     /// Like [`scope`](Self::scope), for a context captured earlier: at every
-    /// poll (and at drop) the inner future runs with this context, re-scoped
-    /// only when the current one differs (see [`rescope`](Self::rescope)).
+    /// poll (and at drop) the inner future runs with this context. The same
+    /// future as `scope` makes (see [`rescope`](Self::rescope)).
     #[inline]
     pub fn rescope_future<F: Future>(self, future: F) -> Rescoped<F> {
-        Rescoped {
-            ctx: self,
-            inner: Some(future),
-        }
+        self.scope(future)
     }
 
     /// Whether the current context carries the same values as this one (the
@@ -287,27 +280,21 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let inner = this.inner;
-        CURRENT.set(this.ctx, || poll_then_drop(inner, cx))
+        let mut inner = this.inner;
+        CURRENT.set(this.ctx, || {
+            let out = match inner.as_mut().as_pin_mut() {
+                Some(fut) => fut.poll(cx),
+                // Only after it completed.
+                None => Poll::Pending,
+            };
+            if out.is_ready() {
+                // Drop the finished future now, while in scope: dropping
+                // this future later then needs no scope.
+                inner.set(None);
+            }
+            out
+        })
     }
-}
-
-/// Polls the future in `slot`, and drops it as soon as it completes: the
-/// caller's scope is still set, so dropping the wrapper later needs none.
-/// Pending once the future is gone (polled after completion).
-#[inline]
-fn poll_then_drop<F: Future>(
-    mut slot: Pin<&mut Option<F>>,
-    cx: &mut TaskContext<'_>,
-) -> Poll<F::Output> {
-    let out = match slot.as_mut().as_pin_mut() {
-        Some(fut) => fut.poll(cx),
-        None => Poll::Pending,
-    };
-    if out.is_ready() {
-        slot.set(None);
-    }
-    out
 }
 
 impl<F> fmt::Debug for Scoped<F> {
@@ -316,50 +303,10 @@ impl<F> fmt::Debug for Scoped<F> {
     }
 }
 
-pin_project! {
-    /// A future that runs with a [`Context`] it captured earlier as the
-    /// current one, re-scoping only when needed.
-    ///
-    /// Returned by [`Context::rescope_future`]. At every poll, and while the
-    /// inner future is dropped, the context is current: already (an outer
-    /// scope set the same values; nothing is done) or by a scope set for that
-    /// poll.
-    pub struct Rescoped<F> {
-        ctx: Context,
-        #[pin]
-        inner: Option<F>,
-    }
-
-    impl<F> PinnedDrop for Rescoped<F> {
-        #[inline]
-        fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
-            if this.inner.is_some() {
-                let ctx: &Context = this.ctx;
-                ctx.rescope(|| this.inner.set(None));
-            }
-        }
-    }
-}
-
-impl<F: Future> Future for Rescoped<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let ctx: &Context = this.ctx;
-        let inner = this.inner;
-        ctx.rescope(|| poll_then_drop(inner, cx))
-    }
-}
-
-impl<F> fmt::Debug for Rescoped<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rescoped")
-            .field("ctx", &self.ctx)
-            .finish_non_exhaustive()
-    }
-}
+/// The future of [`Context::rescope_future`]: a [`Scoped`] future. Since a
+/// scope costs a pointer store, re-publishing a captured context needs no
+/// future of its own.
+pub type Rescoped<F> = Scoped<F>;
 
 /// The attempt number of a request: 1 for the first attempt, 2 for the first
 /// retry, and so on.
