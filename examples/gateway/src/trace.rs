@@ -145,26 +145,14 @@ fn outcome(status: StatusCode, headers: &http::HeaderMap) -> &'static str {
     }
 }
 
-/// A response body that can also carry one the gateway made (the 500 for a
-/// panicked handler).
-pub trait FromGenerated {
-    /// `body` as this body type.
-    fn from_generated(body: axum::body::Body) -> Self;
-}
-
-/// The gateway's response body (`GatewayBody`): generated bodies go right.
-impl<L> FromGenerated for Either<L, axum::body::Body> {
-    fn from_generated(body: axum::body::Body) -> Self {
-        Self::Right(body)
-    }
-}
-
-impl<S, B, RB> Service<Request<B>> for Trace<S>
+// The app's response body is `GatewayBody` (the stack's, or one the gateway
+// made): the 500 for a panicked handler goes right.
+impl<S, B, SB> Service<Request<B>> for Trace<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
-    RB: Body + FromGenerated,
+    S: Service<Request<B>, Response = Response<Either<SB, axum::body::Body>>>,
+    Either<SB, axum::body::Body>: Body,
 {
-    type Response = Response<TraceBody<RB>>;
+    type Response = Response<TraceBody<Either<SB, axum::body::Body>>>;
     type Error = S::Error;
     type Future = TraceFuture<S::Future>;
 
@@ -214,12 +202,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, E, RB> Future for TraceFuture<F>
+impl<F, E, SB> Future for TraceFuture<F>
 where
-    F: Future<Output = Result<Response<RB>, E>>,
-    RB: Body + FromGenerated,
+    F: Future<Output = Result<Response<Either<SB, axum::body::Body>>, E>>,
+    Either<SB, axum::body::Body>: Body,
 {
-    type Output = Result<Response<TraceBody<RB>>, E>;
+    type Output = Result<Response<TraceBody<Either<SB, axum::body::Body>>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -243,7 +231,7 @@ where
                     "internal error",
                     id.as_ref(),
                 )
-                .map(|b| RB::from_generated(axum::body::Body::from(b))))
+                .map(|b| Either::Right(axum::body::Body::from(b))))
             }
         };
         let mut info = this.info.take();
