@@ -8,12 +8,12 @@ use std::task::{Context as TaskContext, Poll, ready};
 
 use backstop_core::{AdmissionTicket, BoxError, Context, OverloadReason, Overloaded, clock, find};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::{Duration, Instant, Sleep, sleep_until};
 use tower_service::Service;
 
 use crate::obs::Wait;
 use crate::reservation::{Attach, CancelOnDrop, Parts, Reservation};
-use crate::store::{Decision, RateStore, StoreErrorPolicy};
+use crate::store::{Decision, RateStore, StoreError, StoreErrorPolicy};
 
 /// What a request asks of the store, before the store answers.
 pub(crate) struct Pending<St: RateStore> {
@@ -28,22 +28,64 @@ pub(crate) struct Pending<St: RateStore> {
 }
 
 pin_project! {
-    /// Response future of [`RateLimit`](crate::RateLimit): asks the store,
-    /// waits until the reservation conforms, then drives `ready()` and
-    /// `call()` on its own clone of the inner service.
+    /// Response future of [`RateLimit`](crate::RateLimit).
+    ///
+    /// When the store answers at once (the in-process stores), the
+    /// reservation conforms now and the inner service is ready, `call()`
+    /// already called the inner service: the future then holds only the
+    /// inner future and the reservation to settle. Otherwise it is the
+    /// waiting machine, boxed (so a request that does not wait carries none
+    /// of it): it asks the store, waits until the reservation conforms, then
+    /// drives `ready()` and `call()` on its own clone of the inner service.
     ///
     /// # Cancellation
     ///
-    /// - Dropped before its first poll: nothing was reserved (the store is
-    ///   asked on the first poll); the admission ticket is dropped (its queue slot freed).
-    /// - Dropped while the store answers, or while waiting for the
-    ///   reservation to conform: the reservation is given back
-    ///   ([`RateStore::cancel`]) and the admission ticket is dropped (its queue slot freed).
-    /// - Dropped while the inner service is not ready: the same.
-    /// - Dropped after the inner `call()`: the cost is spent; nothing else
-    ///   is held (the admission ticket was handed on, or dropped, at the inner
-    ///   `call()`).
+    /// - Dropped before the store was asked (a store that answers with a
+    ///   future is asked on the first poll): nothing was reserved; the
+    ///   admission ticket is dropped (its queue slot freed).
+    /// - Dropped while the store answers, while waiting for the reservation
+    ///   to conform, or while the inner service is not ready: the
+    ///   reservation is given back ([`RateStore::cancel`]) and the admission
+    ///   ticket is dropped (its queue slot freed).
+    /// - Dropped after the inner `call()` (which may have been made in
+    ///   `call()` itself): the cost is spent; nothing else is held (the
+    ///   admission ticket was handed on, or dropped, at the inner `call()`).
     pub struct ResponseFuture<S, Req, St, A>
+    where
+        S: Service<Req>,
+        St: RateStore,
+    {
+        #[pin]
+        state: Outer<S, Req, St, A>,
+    }
+}
+
+pin_project! {
+    #[project = OuterProj]
+    enum Outer<S, Req, St, A>
+    where
+        S: Service<Req>,
+        St: RateStore,
+    {
+        // Admitted and called in `call()`.
+        Called {
+            #[pin]
+            fut: S::Future,
+            spent: Option<Parts<St>>,
+            attach: Option<A>,
+        },
+        // Everything else.
+        Slow { machine: Pin<Box<Machine<S, Req, St, A>>> },
+        Failed { err: Option<BoxError> },
+        Done,
+    }
+}
+
+pin_project! {
+    // The waiting machine: asks the store (unless `call()` did), waits until
+    // the reservation conforms, then drives `ready()` and `call()` on its
+    // own clone of the inner service.
+    struct Machine<S, Req, St, A>
     where
         S: Service<Req>,
         St: RateStore,
@@ -67,13 +109,61 @@ pin_project! {
     enum State<R, F> {
         Start,
         Reserving { #[pin] fut: R },
-        // Boxed: only a request that must wait pays for the timer, and the
-        // future stays small on the path that does not.
+        // Boxed: only a request that must wait pays for the timer.
         Waiting { sleep: Pin<Box<Sleep>> },
         Ready,
         Calling { #[pin] fut: F },
-        Failed { err: Option<BoxError> },
         Done,
+    }
+}
+
+/// What a store's decision leads to.
+pub(crate) enum Next<St: RateStore> {
+    /// Conforms now (with the reservation, or without one: fail-open).
+    Ready(Option<Parts<St>>),
+    /// Conforms at `due`.
+    Wait(Parts<St>, Instant, Duration),
+    /// Refused, or the store failed closed.
+    Fail(BoxError),
+}
+
+/// Turns the store's answer to `pending`, asked at `asked_at`, into what
+/// happens next; a refusal is counted on `wait`.
+pub(crate) fn decide<St: RateStore>(
+    decision: Result<Decision, StoreError>,
+    pending: Pending<St>,
+    asked_at: Instant,
+    wait: &Wait,
+) -> Next<St> {
+    match decision {
+        Ok(Decision::Admit { after, receipt }) => {
+            let parts = Parts {
+                store: pending.store,
+                key: pending.key,
+                cost: pending.cost,
+                receipt,
+            };
+            if after.is_zero() {
+                return Next::Ready(Some(parts));
+            }
+            let due = asked_at + after;
+            if pending.deadline.is_some_and(|at| due > at) {
+                // A store that admitted past the deadline (a remote clock,
+                // say): never sleep to fail.
+                wait.refused(after);
+                parts.cancel();
+                return Next::Fail(Overloaded::new(OverloadReason::RateLimited, after).into());
+            }
+            Next::Wait(parts, due, after)
+        }
+        Ok(Decision::Reject { retry_after }) => {
+            wait.refused(retry_after);
+            Next::Fail(Overloaded::new(OverloadReason::RateLimited, retry_after).into())
+        }
+        Err(err) => match pending.policy {
+            StoreErrorPolicy::FailOpen => Next::Ready(None),
+            StoreErrorPolicy::FailClosed => Next::Fail(err.into()),
+        },
     }
 }
 
@@ -82,43 +172,26 @@ where
     S: Service<Req>,
     St: RateStore,
 {
+    #[cold]
     pub(crate) fn failed(err: BoxError) -> Self {
         Self {
-            state: State::Failed { err: Some(err) },
-            inner: None,
-            req: None,
-            ctx: None,
-            ticket: None,
-            pending: None,
-            reserved: CancelOnDrop(None),
-            spent: None,
-            attach: None,
-            wait: None,
+            state: Outer::Failed { err: Some(err) },
         }
     }
 
-    pub(crate) fn bypass(
-        inner: S,
-        req: Req,
-        ctx: Option<Context>,
-        ticket: Option<AdmissionTicket>,
-        attach: A,
-        wait: Wait,
-    ) -> Self {
+    /// Admitted and called in `call()`.
+    pub(crate) fn called(fut: S::Future, spent: Option<Parts<St>>, attach: A) -> Self {
         Self {
-            state: State::Ready,
-            inner: Some(inner),
-            req: Some(req),
-            ctx,
-            ticket,
-            pending: None,
-            reserved: CancelOnDrop(None),
-            spent: None,
-            attach: Some(attach),
-            wait: Some(wait),
+            state: Outer::Called {
+                fut,
+                spent,
+                attach: Some(attach),
+            },
         }
     }
 
+    /// The store is still to be asked (it answers with a future).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn reserving(
         pending: Pending<St>,
         inner: S,
@@ -128,17 +201,68 @@ where
         attach: A,
         wait: Wait,
     ) -> Self {
-        Self {
-            state: State::Start,
-            inner: Some(inner),
-            req: Some(req),
+        Self::slow(
+            State::Start,
+            Some(pending),
+            None,
+            inner,
+            req,
             ctx,
             ticket,
-            pending: Some(pending),
-            reserved: CancelOnDrop(None),
-            spent: None,
-            attach: Some(attach),
-            wait: Some(wait),
+            attach,
+            wait,
+        )
+    }
+
+    /// Admitted (with `reserved`, if anything was reserved), once `sleep`
+    /// (if any) fires and the inner service is ready.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn admitted(
+        reserved: Option<Parts<St>>,
+        sleep: Option<Instant>,
+        inner: S,
+        req: Req,
+        ctx: Option<Context>,
+        ticket: Option<AdmissionTicket>,
+        attach: A,
+        wait: Wait,
+    ) -> Self {
+        let state = match sleep {
+            Some(due) => State::Waiting {
+                sleep: Box::pin(sleep_until(due)),
+            },
+            None => State::Ready,
+        };
+        Self::slow(state, None, reserved, inner, req, ctx, ticket, attach, wait)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn slow(
+        state: State<St::ReserveFuture, S::Future>,
+        pending: Option<Pending<St>>,
+        reserved: Option<Parts<St>>,
+        inner: S,
+        req: Req,
+        ctx: Option<Context>,
+        ticket: Option<AdmissionTicket>,
+        attach: A,
+        wait: Wait,
+    ) -> Self {
+        Self {
+            state: Outer::Slow {
+                machine: Box::pin(Machine {
+                    state,
+                    inner: Some(inner),
+                    req: Some(req),
+                    ctx,
+                    ticket,
+                    pending,
+                    reserved: CancelOnDrop(reserved),
+                    spent: None,
+                    attach: Some(attach),
+                    wait: Some(wait),
+                }),
+            },
         }
     }
 }
@@ -152,8 +276,67 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
-    // One state machine reads best in one place.
-    #[allow(clippy::too_many_lines)]
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let out = match this.state.as_mut().project() {
+            OuterProj::Called { fut, spent, attach } => {
+                let out = ready!(fut.poll(cx));
+                finish(out, spent.take(), attach.as_ref())
+            }
+            OuterProj::Slow { machine } => ready!(machine.as_mut().poll(cx)),
+            OuterProj::Failed { err } => match err.take() {
+                Some(err) => Err(err),
+                None => panic!("rate limit future polled after completion"),
+            },
+            OuterProj::Done => panic!("rate limit future polled after completion"),
+        };
+        this.state.set(Outer::Done);
+        Poll::Ready(out)
+    }
+}
+
+/// The inner service's answer: a response carries its reservation (when
+/// asked to); an error that says the upstream turned the request away, or
+/// any error when no response will ever settle it, gives the cost back.
+fn finish<R, E, St, A>(
+    out: Result<R, E>,
+    spent: Option<Parts<St>>,
+    attach: Option<&A>,
+) -> Result<R, BoxError>
+where
+    E: Into<BoxError>,
+    St: RateStore,
+    A: Attach<R, St>,
+{
+    match out {
+        Ok(mut response) => {
+            if let (Some(parts), Some(attach)) = (spent, attach) {
+                attach.attach(&mut response, || Reservation::new(parts));
+            }
+            Ok(response)
+        }
+        Err(err) => {
+            let err: BoxError = err.into();
+            let refund = attach.is_some_and(Attach::refund_on_error);
+            if refund || find::<Overloaded>(&*err).is_some() {
+                if let Some(parts) = spent {
+                    parts.cancel();
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+impl<S, Req, St, A> Future for Machine<S, Req, St, A>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    St: RateStore,
+    A: Attach<S::Response, St>,
+{
+    type Output = Result<S::Response, BoxError>;
+
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -180,57 +363,27 @@ where
                     let Some(pending) = this.pending.take() else {
                         panic!("reservation polled after completion");
                     };
-                    match decision {
-                        Ok(Decision::Admit { after, receipt }) => {
-                            let parts = Parts {
-                                store: pending.store,
-                                key: pending.key,
-                                cost: pending.cost,
-                                receipt,
-                            };
-                            if after.is_zero() {
-                                this.reserved.0 = Some(parts);
-                                this.state.set(State::Ready);
-                                continue;
-                            }
-                            let due = pending.asked_at.unwrap_or_else(Instant::now) + after;
-                            if pending.deadline.is_some_and(|at| due > at) {
-                                // A store that admitted past the deadline
-                                // (a remote clock, say): never sleep to fail.
-                                if let Some(wait) = this.wait.as_ref() {
-                                    wait.refused(after);
-                                }
-                                parts.cancel();
-                                this.state.set(State::Done);
-                                *this.ticket = None;
-                                let err = Overloaded::new(OverloadReason::RateLimited, after);
-                                return Poll::Ready(Err(err.into()));
-                            }
+                    let asked_at = pending.asked_at.unwrap_or_else(Instant::now);
+                    let Some(wait) = this.wait.as_mut() else {
+                        panic!("reservation polled after completion");
+                    };
+                    match decide(decision, pending, asked_at, wait) {
+                        Next::Ready(parts) => {
+                            this.reserved.0 = parts;
+                            this.state.set(State::Ready);
+                        }
+                        Next::Wait(parts, due, after) => {
                             this.reserved.0 = Some(parts);
-                            if let Some(wait) = this.wait.as_mut() {
-                                wait.sleeping(after);
-                            }
+                            wait.sleeping(after);
                             this.state.set(State::Waiting {
                                 sleep: Box::pin(sleep_until(due)),
                             });
                         }
-                        Ok(Decision::Reject { retry_after }) => {
-                            if let Some(wait) = this.wait.as_ref() {
-                                wait.refused(retry_after);
-                            }
+                        Next::Fail(err) => {
                             this.state.set(State::Done);
                             *this.ticket = None;
-                            let err = Overloaded::new(OverloadReason::RateLimited, retry_after);
-                            return Poll::Ready(Err(err.into()));
+                            return Poll::Ready(Err(err));
                         }
-                        Err(err) => match pending.policy {
-                            StoreErrorPolicy::FailOpen => this.state.set(State::Ready),
-                            StoreErrorPolicy::FailClosed => {
-                                this.state.set(State::Done);
-                                *this.ticket = None;
-                                return Poll::Ready(Err(err.into()));
-                            }
-                        },
                     }
                 }
                 StateProj::Waiting { sleep } => {
@@ -243,7 +396,7 @@ where
                     };
                     let ready = scoped(this.ctx.as_ref(), || inner.poll_ready(cx));
                     if let Err(err) = ready!(ready) {
-                        // Not called: the reservation goes back on drop.
+                        // Not called: the reservation goes back.
                         this.state.set(State::Done);
                         *this.ticket = None;
                         if let Some(parts) = this.reserved.0.take() {
@@ -269,33 +422,7 @@ where
                 StateProj::Calling { fut } => {
                     let out = ready!(fut.poll(cx));
                     this.state.set(State::Done);
-                    return Poll::Ready(match out {
-                        Ok(mut response) => {
-                            if let (Some(parts), Some(attach)) = (this.spent.take(), this.attach) {
-                                attach.attach(&mut response, || Reservation::new(parts));
-                            }
-                            Ok(response)
-                        }
-                        Err(err) => {
-                            let err: BoxError = err.into();
-                            let refund = this.attach.as_ref().is_some_and(Attach::refund_on_error);
-                            if refund || find::<Overloaded>(&*err).is_some() {
-                                // The upstream turned it away, or no response
-                                // will ever settle it: give it back.
-                                if let Some(parts) = this.spent.take() {
-                                    parts.cancel();
-                                }
-                            }
-                            Err(err)
-                        }
-                    });
-                }
-                StateProj::Failed { err } => {
-                    let err = err.take();
-                    this.state.set(State::Done);
-                    if let Some(err) = err {
-                        return Poll::Ready(Err(err));
-                    }
+                    return Poll::Ready(finish(out, this.spent.take(), this.attach.as_ref()));
                 }
                 StateProj::Done => panic!("rate limit future polled after completion"),
             }
@@ -320,19 +447,29 @@ where
     St: RateStore,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Start => "start",
-            State::Reserving { .. } => "reserving",
-            State::Waiting { .. } => "waiting",
-            State::Ready => "ready",
-            State::Calling { .. } => "calling",
-            State::Failed { .. } => "failed",
-            State::Done => "done",
+        let mut d = f.debug_struct("ResponseFuture");
+        match &self.state {
+            Outer::Called { spent, .. } => d
+                .field("state", &"calling")
+                .field("holds_admission", &false)
+                .field("reserved", &spent.as_ref().map(|p| p.cost)),
+            Outer::Slow { machine } => {
+                let state = match &machine.state {
+                    State::Start => "start",
+                    State::Reserving { .. } => "reserving",
+                    State::Waiting { .. } => "waiting",
+                    State::Ready => "ready",
+                    State::Calling { .. } => "calling",
+                    State::Done => "done",
+                };
+                let reserved = machine.reserved.0.as_ref().or(machine.spent.as_ref());
+                d.field("state", &state)
+                    .field("holds_admission", &machine.ticket.is_some())
+                    .field("reserved", &reserved.map(|p| p.cost))
+            }
+            Outer::Failed { .. } => d.field("state", &"failed"),
+            Outer::Done => d.field("state", &"done"),
         };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .field("holds_admission", &self.ticket.is_some())
-            .field("reserved", &self.reserved.0.as_ref().map(|p| p.cost))
-            .finish_non_exhaustive()
+        d.finish_non_exhaustive()
     }
 }

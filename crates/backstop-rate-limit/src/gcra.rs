@@ -337,6 +337,16 @@ impl RateStore for GcraStore {
         ready(Ok(self.try_reserve(cost, max_wait)))
     }
 
+    #[inline]
+    fn reserve_now(
+        &self,
+        _key: &(),
+        cost: u64,
+        max_wait: Option<Duration>,
+    ) -> Option<Result<Decision, StoreError>> {
+        Some(Ok(self.try_reserve(cost, max_wait)))
+    }
+
     fn cancel(&self, key: &(), cost: u64, receipt: Receipt) {
         self.settle(key, cost, 0, receipt);
     }

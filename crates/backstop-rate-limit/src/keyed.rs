@@ -212,6 +212,15 @@ where
         ready(Ok(self.try_reserve(key, cost, max_wait)))
     }
 
+    fn reserve_now(
+        &self,
+        key: &K,
+        cost: u64,
+        max_wait: Option<Duration>,
+    ) -> Option<Result<Decision, StoreError>> {
+        Some(Ok(self.try_reserve(key, cost, max_wait)))
+    }
+
     fn cancel(&self, key: &K, cost: u64, receipt: Receipt) {
         self.settle(key, cost, 0, receipt);
     }

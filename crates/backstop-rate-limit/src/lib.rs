@@ -75,15 +75,19 @@
 //! paused time are exact.
 //!
 //! - **Waiting.** `poll_ready` is always ready and reserves nothing. `call`
-//!   reads the request's [`Context`](backstop_core::Context); the response
-//!   future asks the store on its first poll, which commits the reservation,
-//!   sleeps until the conforming instant, then drives `ready()` and `call()`
-//!   on its own clone of the inner service (so `S: Clone`).
+//!   reads the request's [`Context`](backstop_core::Context) and asks the
+//!   store, which commits the reservation (a store that can only answer
+//!   with a future is asked on the future's first poll). A request that
+//!   conforms now, over an inner service that is ready now, is called right
+//!   there in `call()`, and its future holds only the inner future. Any
+//!   other response future sleeps until the conforming instant, then drives
+//!   `ready()` and `call()` on its own clone of the inner service (so
+//!   `S: Clone`).
 //! - **Deadlines.** The wait is bounded by the wait deadline: the admission
 //!   ticket's deadline when `QueueAdmission` offered one, else the context's
 //!   SLA deadline, else unbounded. The limiter never sleeps to fail: when the
-//!   conforming instant lies past that deadline, the request fails on its
-//!   first poll with `Overloaded(RateLimited)`, `retry_after` = time to the
+//!   conforming instant lies past that deadline, the request fails at once
+//!   (its future's first poll) with `Overloaded(RateLimited)`, `retry_after` = time to the
 //!   conforming instant, and nothing is reserved. This holds whichever bound
 //!   the deadline stands for: a request that cannot fit its SLA because of the
 //!   rate is rate limited (429, retryable), not timed out. A conforming
@@ -98,10 +102,11 @@
 //!   `Overloaded(RateLimited)` until the first one idles (forgetting a busy
 //!   key would let it burst again).
 //! - **Admission tickets.** When `QueueAdmission` (or a limiter outside)
-//!   offers a ticket, `call` takes it synchronously (cost 0 included), and the
-//!   future offers it on around its own inner `call()`: a limiter inside takes
-//!   it in turn, else the request leaves the queue right then. So
-//!   `QueueAdmission` counts the request while it waits here.
+//!   offers a ticket, `call` takes it synchronously (cost 0 included) and
+//!   offers it on around its own inner `call()` (in `call()` itself, or
+//!   later from the future): a limiter inside takes it in turn, else the
+//!   request leaves the queue right then. So `QueueAdmission` counts the
+//!   request while it waits here.
 //!
 //! # Reserve and settle
 //!
@@ -158,8 +163,9 @@
 //!
 //! Dropping the response future before the inner `call()` gives the
 //! reservation back (as much of it as lies ahead, see above) and leaves the
-//! admission ticket (freeing its queue slot). A future dropped before its
-//! first poll reserved nothing.
+//! admission ticket (freeing its queue slot). A future whose inner service
+//! was called in `call()` has spent its cost, like any future dropped after
+//! the inner `call()`.
 //! When the inner service answers an error that is (or wraps) `Overloaded`,
 //! the reservation is given back too: the upstream did not take the request.
 //!

@@ -2,17 +2,18 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, Waker};
 
-use backstop_core::{AdmissionTicket, BoxError, Context, CostOverBurst};
+use backstop_core::{AdmissionTicket, BoxError, Context, CostOverBurst, clock};
+use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
+use crate::future::{Next, ResponseFuture};
 use crate::gcra::Quota;
 use crate::key::{CostFn, Global, KeyFn, UnitCost};
 use crate::layer::Shared;
 use crate::obs::{Wait, debug_event};
-use crate::reservation::{Attach, Discard};
+use crate::reservation::{Attach, Discard, Parts};
 use crate::store::RateStore;
 use crate::{GcraStore, future};
 
@@ -88,8 +89,6 @@ where
         if cost > burst {
             return ResponseFuture::failed(CostOverBurst::new(cost, burst).into());
         }
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         // Take the admission ticket now, synchronously: this request stays
         // counted as waiting until we admit it and hand the ticket on (cost
         // 0 too: the inner limiters still have to take it).
@@ -102,25 +101,99 @@ where
             None => ctx.as_ref().and_then(Context::sla_deadline),
         };
         if cost == 0 {
-            return ResponseFuture::bypass(inner, req, ctx, ticket, self.attach.clone(), wait);
+            return self.admit(None, None, req, ctx, ticket, wait);
         }
         let key = self.shared.key.key(&req);
-        future::ResponseFuture::reserving(
-            future::Pending {
-                store: Arc::clone(&self.shared.store),
-                key,
-                cost,
-                policy: self.shared.policy,
-                deadline,
-                asked_at: None,
-            },
-            inner,
-            req,
-            ctx,
-            ticket,
-            self.attach.clone(),
-            wait,
-        )
+        let store = &self.shared.store;
+        // Fast path: a store that answers at once is asked here. Before any
+        // inner work, so the stretch's instant will do (backstop_core::clock).
+        let answer = clock::stretch(|| {
+            let now = clock::now();
+            let max_wait = deadline.map(|at| at.saturating_duration_since(now));
+            store.reserve_now(&key, cost, max_wait).map(|d| (d, now))
+        });
+        let pending = future::Pending {
+            store: Arc::clone(store),
+            key,
+            cost,
+            policy: self.shared.policy,
+            deadline,
+            asked_at: None,
+        };
+        let Some((decision, asked_at)) = answer else {
+            let (inner, attach) = (self.take_inner(), self.attach.clone());
+            return ResponseFuture::reserving(pending, inner, req, ctx, ticket, attach, wait);
+        };
+        match future::decide(decision, pending, asked_at, &wait) {
+            Next::Ready(parts) => self.admit(parts, None, req, ctx, ticket, wait),
+            Next::Wait(parts, due, after) => {
+                let mut wait = wait;
+                wait.sleeping(after);
+                self.admit(Some(parts), Some(due), req, ctx, ticket, wait)
+            }
+            // The ticket is dropped here: the request leaves admission.
+            Next::Fail(err) => ResponseFuture::failed(err),
+        }
+    }
+}
+
+impl<S, C, Kf, St, A> RateLimit<S, C, Kf, St, A>
+where
+    St: RateStore,
+    A: Clone,
+{
+    /// The service that was here, for a future to drive; a clone takes its
+    /// place (tower's `Buffer`/`Retry` idiom).
+    fn take_inner(&mut self) -> S
+    where
+        S: Clone,
+    {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+
+    /// Admitted, with `reserved` (if anything was): after `due` (if set),
+    /// and once the inner service is ready. When there is nothing to wait
+    /// for and the inner service is ready now (asked with a waker that does
+    /// nothing: if it is not, the future asks again with its own), it is
+    /// called here, in the caller's scope.
+    fn admit<Req>(
+        &mut self,
+        reserved: Option<Parts<St>>,
+        due: Option<Instant>,
+        req: Req,
+        ctx: Option<Context>,
+        ticket: Option<AdmissionTicket>,
+        wait: Wait,
+    ) -> ResponseFuture<S, Req, St, A>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        if due.is_none() {
+            let mut noop = TaskContext::from_waker(Waker::noop());
+            match self.inner.poll_ready(&mut noop) {
+                Poll::Ready(Ok(())) => {
+                    // The ticket goes on to the limiters inside; if none
+                    // takes it the request leaves admission now. The cost is
+                    // spent.
+                    let fut = AdmissionTicket::offer_if_any(ticket, || self.inner.call(req));
+                    wait.admitted();
+                    return ResponseFuture::called(fut, reserved, self.attach.clone());
+                }
+                Poll::Ready(Err(err)) => {
+                    // Not called: the reservation goes back, the ticket is
+                    // dropped.
+                    if let Some(parts) = reserved {
+                        parts.cancel();
+                    }
+                    return ResponseFuture::failed(err.into());
+                }
+                Poll::Pending => {}
+            }
+        }
+        let (inner, attach) = (self.take_inner(), self.attach.clone());
+        ResponseFuture::admitted(reserved, due, inner, req, ctx, ticket, attach, wait)
     }
 }
 

@@ -44,6 +44,24 @@ pub trait RateStore: Send + Sync + 'static {
         max_wait: Option<Duration>,
     ) -> Self::ReserveFuture;
 
+    /// Answers [`reserve`](Self::reserve) at once, when the store can
+    /// without awaiting; `None` (the default) when it cannot, and the
+    /// limiter then asks `reserve`. Both commit alike.
+    ///
+    /// The in-process stores answer here, which lets the limiter admit a
+    /// request that need not wait in its `call()` (the response future then
+    /// holds only the inner future). A remote store keeps the default.
+    #[inline]
+    fn reserve_now(
+        &self,
+        key: &Self::Key,
+        cost: u64,
+        max_wait: Option<Duration>,
+    ) -> Option<Result<Decision, StoreError>> {
+        let _ = (key, cost, max_wait);
+        None
+    }
+
     /// Gives back a reservation of `cost` units that was admitted with
     /// `receipt`.
     fn cancel(&self, key: &Self::Key, cost: u64, receipt: Receipt);

@@ -714,22 +714,156 @@ async fn holds_the_admission_ticket_until_its_inner_call() {
     drop(fut);
     assert_eq!(slots.depth(), 0);
 
-    // Cost 0 still holds the ticket until its inner call, so limiters inside
-    // can take it.
-    let fut = call_with_ticket(issue(), || svc.call(0));
-    assert_eq!(slots.depth(), 1);
-    fut.await.unwrap();
+    // Cost 0 takes the ticket too and hands it on to its inner call, so a
+    // limiter inside can take it: here one that must wait, and holds it.
+    let mut free = RateLimitLayer::per_second(10)
+        .cost_fn(|_: &u64| 0)
+        .build()
+        .unwrap()
+        .layer(svc.clone());
+    let mut fut = task::spawn(call_with_ticket(issue(), || free.call(1)));
+    assert_pending!(fut.poll());
+    assert_eq!(slots.depth(), 1, "held by the inner limiter");
+    advance(100 * MS).await;
+    assert_ready_ok!(fut.poll());
     assert_eq!(slots.depth(), 0);
 
-    // Rejected at once (saturated, deadline now): left at once.
-    let _saturate = svc.call(1).await.unwrap();
+    // Admitted at once (the limiter is idle again after 100 ms): the inner
+    // service is called in `call()`, and the ticket left right then.
+    advance(100 * MS).await;
+    let calls = log.lock().unwrap().len();
+    let fut = call_with_ticket(issue(), || svc.call(1));
+    assert_eq!(log.lock().unwrap().len(), calls + 1, "called in call()");
+    assert_eq!(slots.depth(), 0);
+    fut.await.unwrap();
+
+    // Rejected at once (saturated, deadline now): left at once, in `call()`.
     let mut fut = task::spawn(call_with_ticket(issue_until(Instant::now()), || {
         svc.call(1)
     }));
-    assert_eq!(slots.depth(), 1);
+    assert_eq!(slots.depth(), 0);
     let err = assert_ready_err!(fut.poll());
     assert_eq!(overloaded(&err).reason(), OverloadReason::RateLimited);
     assert_eq!(slots.depth(), 0);
+}
+
+/// An inner service whose readiness the test sets: pending, ready, or
+/// failed. Records calls like [`recorder`].
+#[derive(Clone)]
+struct Gate {
+    // 0 pending, 1 ready, 2 failed.
+    mode: Arc<AtomicUsize>,
+    waker: Arc<Mutex<Option<std::task::Waker>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Self {
+            mode: Arc::new(AtomicUsize::new(1)),
+            waker: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+    fn set(&self, mode: usize) {
+        self.mode.store(mode, Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+}
+
+impl Service<u64> for Gate {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = Ready<Result<u64, BoxError>>;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        match self.mode.load(Ordering::SeqCst) {
+            0 => {
+                *self.waker.lock().unwrap() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+            1 => std::task::Poll::Ready(Ok(())),
+            _ => std::task::Poll::Ready(Err("not ready, ever".into())),
+        }
+    }
+    fn call(&mut self, n: u64) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        ready(Ok(n))
+    }
+}
+
+/// The fast path in `call()` (the store answers at once, nothing to wait
+/// for) keeps the slow path's contracts when the inner service is not ready:
+/// the future waits for it holding the reservation and the ticket, gives
+/// both back when dropped, and a readiness error gives the cost back.
+#[tokio::test(start_paused = true)]
+async fn admitted_in_call_unless_the_inner_service_is_not_ready() {
+    let gate = Gate::new();
+    let mut svc = RateLimitLayer::per_second(10)
+        .burst(2)
+        .build()
+        .unwrap()
+        .layer(gate.clone());
+    let slots = QueueSlots::new(4, MS);
+    let issue = || {
+        slots
+            .try_acquire(Instant::now() + Duration::from_secs(5), WaitBound::MaxWait)
+            .unwrap()
+    };
+
+    // Ready: called in `call()`, before any poll.
+    let fut = svc.call(1);
+    assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(fut.await.unwrap(), 1);
+    assert_eq!(svc.store().wait_for(2), 100 * MS, "one unit spent");
+
+    // Not ready: reserved in `call()`, waits for the service holding the
+    // ticket, calls it once woken.
+    gate.set(0);
+    let mut fut = task::spawn(call_with_ticket(issue(), || svc.call(1)));
+    assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(svc.store().wait_for(2), 200 * MS, "reserved");
+    assert_pending!(fut.poll());
+    assert_eq!(slots.depth(), 1);
+    gate.set(1);
+    assert!(fut.is_woken());
+    assert_eq!(assert_ready_ok!(fut.poll()), 1);
+    assert_eq!(gate.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(slots.depth(), 0);
+
+    // Not ready, then dropped (unpolled, and after a poll): the reservation
+    // and the ticket come back.
+    advance(Duration::from_secs(1)).await;
+    gate.set(0);
+    let unpolled = call_with_ticket(issue(), || svc.call(1));
+    assert_eq!(svc.store().wait_for(2), 100 * MS);
+    assert_eq!(slots.depth(), 1);
+    drop(unpolled);
+    assert_eq!(svc.store().wait_for(2), Duration::ZERO, "given back");
+    assert_eq!(slots.depth(), 0);
+    let mut fut = task::spawn(call_with_ticket(issue(), || svc.call(1)));
+    assert_pending!(fut.poll());
+    drop(fut);
+    assert_eq!(svc.store().wait_for(2), Duration::ZERO, "given back");
+    assert_eq!(slots.depth(), 0);
+
+    // Readiness fails, in `call()` or in the future: not called, the cost
+    // comes back, the ticket leaves.
+    gate.set(2);
+    let err = call_with_ticket(issue(), || svc.call(1)).await.unwrap_err();
+    assert_eq!(err.to_string(), "not ready, ever");
+    assert_eq!(slots.depth(), 0);
+    gate.set(0);
+    let mut fut = task::spawn(svc.call(1));
+    assert_pending!(fut.poll());
+    gate.set(2);
+    assert_ready_err!(fut.poll());
+    assert_eq!(svc.store().wait_for(2), Duration::ZERO, "given back");
+    assert_eq!(gate.calls.load(Ordering::SeqCst), 2);
 }
 
 // === Settle ===
