@@ -77,6 +77,21 @@ mod plain {
     /// Deeper nesting goes to serde_json (whose own limit is 128).
     pub(super) const MAX_DEPTH: u32 = 64;
 
+    /// The bytes of `word` (little-endian) that are a `"`, a `\`, or not
+    /// printable ASCII (below 0x20, 0x7f, or past ASCII), each as its high
+    /// bit. The lowest bit set is exact (a borrow only runs upward, so any
+    /// false mark sits above a true one), and no such byte goes unmarked.
+    #[inline]
+    pub(super) fn to_judge(word: u64) -> u64 {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        // A byte below `n` (for n <= 0x80) sets its high bit here.
+        let below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGH;
+        // A byte equal to `b`: a zero byte of `word ^ b`.
+        let equal = |b: u8| below(word ^ (ONES * u64::from(b)), 1);
+        (word & HIGH) | below(word, 0x20) | equal(0x7f) | equal(b'"') | equal(b'\\')
+    }
+
     struct Scan<'a> {
         b: &'a [u8],
         i: usize,
@@ -97,6 +112,24 @@ mod plain {
         fn string(&mut self) -> Option<&'a [u8]> {
             self.i += 1;
             let start = self.i;
+            // Eight bytes at a time: the first byte to judge ends the
+            // string if it is a `"`, else the scanner gives up. The last
+            // few bytes of the body go one at a time, below.
+            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().ok()?);
+                let marks = to_judge(word);
+                if marks == 0 {
+                    self.i += 8;
+                    continue;
+                }
+                self.i += (marks.trailing_zeros() / 8) as usize;
+                if self.b[self.i] != b'"' {
+                    return None;
+                }
+                let s = &self.b[start..self.i];
+                self.i += 1;
+                return Some(s);
+            }
             loop {
                 match *self.b.get(self.i)? {
                     b'"' => {
@@ -630,7 +663,49 @@ mod tests {
         assert!(request_fields(deep.as_bytes()).is_some());
     }
 
+    /// The word test finds the first byte that needs judging, at every
+    /// offset, whatever follows it.
+    #[test]
+    fn to_judge_finds_the_first_byte_to_judge() {
+        assert_eq!(plain::to_judge(u64::from_le_bytes(*b"abcdefgh")), 0);
+        let judged = |b: u8| !(0x20..=0x7e).contains(&b) || b == b'"' || b == b'\\';
+        for at in 0..8 {
+            for byte in 0..=255u8 {
+                for after in [b'a', b'"', 0x00, 0x1f, 0x20, 0x7f, 0xff] {
+                    let mut w = *b"abcdefgh";
+                    w[at] = byte;
+                    if at < 7 {
+                        w[at + 1] = after;
+                    }
+                    let first = w.iter().position(|&b| judged(b));
+                    let marks = plain::to_judge(u64::from_le_bytes(w));
+                    let found = (marks != 0).then(|| (marks.trailing_zeros() / 8) as usize);
+                    assert_eq!(found, first, "{w:?}");
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
+        /// Long strings with any byte anywhere: the scanner reads eight
+        /// bytes at a time, so whatever sits at any offset must be judged
+        /// as one at a time would.
+        #[test]
+        fn long_strings_agree(
+            text in "[a-z ]{0,40}",
+            at in 0usize..40,
+            byte in proptest::num::u8::ANY,
+        ) {
+            let mut b = format!(r#"{{"content":"{text}","usage":{{"total_tokens":3}}}}"#).into_bytes();
+            plain_agrees(&b);
+            proptest::prop_assert_eq!(plain::usage_total_tokens(&b), Some(Some(3)));
+            let at = 12 + at.min(text.len());
+            if at < b.len() {
+                b[at] = byte;
+                plain_agrees(&b);
+            }
+        }
+
         #[test]
         fn never_panics_and_agrees(s in proptest::prop_oneof![
             "\\PC{0,64}",
