@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Duration, Instant, Sleep, sleep_until};
 use tower_service::Service;
 
-use crate::obs::Wait;
+use crate::obs::{self, Wait};
 use crate::reservation::{Attach, CancelOnDrop, Parts, Reservation};
 use crate::store::{Decision, RateStore, StoreError, StoreErrorPolicy};
 
@@ -128,12 +128,12 @@ pub(crate) enum Next<St: RateStore> {
 }
 
 /// Turns the store's answer to `pending`, asked at `asked_at`, into what
-/// happens next; a refusal is counted on `wait`.
+/// happens next; a refusal is logged as `limiter`'s.
 pub(crate) fn decide<St: RateStore>(
     decision: Result<Decision, StoreError>,
     pending: Pending<St>,
     asked_at: Instant,
-    wait: &Wait,
+    limiter: &'static str,
 ) -> Next<St> {
     match decision {
         Ok(Decision::Admit { after, receipt }) => {
@@ -150,14 +150,14 @@ pub(crate) fn decide<St: RateStore>(
             if pending.deadline.is_some_and(|at| due > at) {
                 // A store that admitted past the deadline (a remote clock,
                 // say): never sleep to fail.
-                wait.refused(after);
+                obs::refused(limiter, after);
                 parts.cancel();
                 return Next::Fail(Overloaded::new(OverloadReason::RateLimited, after).into());
             }
             Next::Wait(parts, due, after)
         }
         Ok(Decision::Reject { retry_after }) => {
-            wait.refused(retry_after);
+            obs::refused(limiter, retry_after);
             Next::Fail(Overloaded::new(OverloadReason::RateLimited, retry_after).into())
         }
         Err(err) => match pending.policy {
@@ -367,7 +367,7 @@ where
                     let Some(wait) = this.wait.as_mut() else {
                         panic!("reservation polled after completion");
                     };
-                    match decide(decision, pending, asked_at, wait) {
+                    match decide(decision, pending, asked_at, wait.limiter()) {
                         Next::Ready(parts) => {
                             this.reserved.0 = parts;
                             this.state.set(State::Ready);

@@ -84,17 +84,22 @@ impl Wait {
         );
     }
 
-    /// Refused: the conforming instant lies past the deadline.
-    pub(crate) fn refused(&self, retry_after: Duration) {
-        debug_event!(
-            limiter = self.limiter,
-            retry_after_ms = retry_after.as_millis() as u64,
-            "rate limit wait would pass the admission deadline"
-        );
+    /// The limiter's name.
+    pub(crate) fn limiter(&self) -> &'static str {
+        self.limiter
     }
 
     /// The inner service was called: one sample.
     pub(crate) fn admitted(&self) {
         self.metrics.admitted(self.waited.as_secs_f64());
     }
+}
+
+/// Refused by `limiter`: the conforming instant lies past the deadline.
+pub(crate) fn refused(limiter: &'static str, retry_after: Duration) {
+    debug_event!(
+        limiter = limiter,
+        retry_after_ms = retry_after.as_millis() as u64,
+        "rate limit wait would pass the admission deadline"
+    );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use backstop_core::{AdmissionTicket, BoxError, Context, CostOverBurst, clock};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 use tower_service::Service;
 
 use crate::future::{Next, ResponseFuture};
@@ -93,15 +93,13 @@ where
         // counted as waiting until we admit it and hand the ticket on (cost
         // 0 too: the inner limiters still have to take it).
         let ticket = AdmissionTicket::take_offered();
-        let ctx = Context::try_current().filter(|ctx| !ctx.is_empty());
         debug_event!(limiter = self.shared.name, cost, "acquiring rate limit");
-        let wait = Wait::new(self.shared.metrics.clone(), self.shared.name);
         let deadline = match &ticket {
             Some(ticket) => Some(ticket.deadline()),
-            None => ctx.as_ref().and_then(Context::sla_deadline),
+            None => Context::with_current(Context::sla_deadline),
         };
         if cost == 0 {
-            return self.admit(None, None, req, ctx, ticket, wait);
+            return self.admit(None, None, req, ticket);
         }
         let key = self.shared.key.key(&req);
         let store = &self.shared.store;
@@ -121,15 +119,13 @@ where
             asked_at: None,
         };
         let Some((decision, asked_at)) = answer else {
-            let (inner, attach) = (self.take_inner(), self.attach.clone());
-            return ResponseFuture::reserving(pending, inner, req, ctx, ticket, attach, wait);
+            let (inner, attach, wait) = (self.take_inner(), self.attach.clone(), self.wait());
+            return ResponseFuture::reserving(pending, inner, req, context(), ticket, attach, wait);
         };
-        match future::decide(decision, pending, asked_at, &wait) {
-            Next::Ready(parts) => self.admit(parts, None, req, ctx, ticket, wait),
+        match future::decide(decision, pending, asked_at, self.shared.name) {
+            Next::Ready(parts) => self.admit(parts, None, req, ticket),
             Next::Wait(parts, due, after) => {
-                let mut wait = wait;
-                wait.sleeping(after);
-                self.admit(Some(parts), Some(due), req, ctx, ticket, wait)
+                self.admit(Some(parts), Some((due, after)), req, ticket)
             }
             // The ticket is dropped here: the request leaves admission.
             Next::Fail(err) => ResponseFuture::failed(err),
@@ -152,7 +148,13 @@ where
         std::mem::replace(&mut self.inner, clone)
     }
 
-    /// Admitted, with `reserved` (if anything was): after `due` (if set),
+    /// The wait's observer, for a future that may wait.
+    fn wait(&self) -> Wait {
+        Wait::new(self.shared.metrics.clone(), self.shared.name)
+    }
+
+    /// Admitted, with `reserved` (if anything was): at `due` (if set, a wait
+    /// of `after`),
     /// and once the inner service is ready. When there is nothing to wait
     /// for and the inner service is ready now (asked with a waker that does
     /// nothing: if it is not, the future asks again with its own), it is
@@ -160,11 +162,9 @@ where
     fn admit<Req>(
         &mut self,
         reserved: Option<Parts<St>>,
-        due: Option<Instant>,
+        due: Option<(Instant, Duration)>,
         req: Req,
-        ctx: Option<Context>,
         ticket: Option<AdmissionTicket>,
-        wait: Wait,
     ) -> ResponseFuture<S, Req, St, A>
     where
         S: Service<Req> + Clone,
@@ -178,7 +178,7 @@ where
                     // takes it the request leaves admission now. The cost is
                     // spent.
                     let fut = AdmissionTicket::offer_if_any(ticket, || self.inner.call(req));
-                    wait.admitted();
+                    self.shared.metrics.admitted(0.0);
                     return ResponseFuture::called(fut, reserved, self.attach.clone());
                 }
                 Poll::Ready(Err(err)) => {
@@ -192,9 +192,21 @@ where
                 Poll::Pending => {}
             }
         }
+        let mut wait = self.wait();
+        if let Some((_, after)) = due {
+            wait.sleeping(after);
+        }
         let (inner, attach) = (self.take_inner(), self.attach.clone());
-        ResponseFuture::admitted(reserved, due, inner, req, ctx, ticket, attach, wait)
+        let due = due.map(|(at, _)| at);
+        ResponseFuture::admitted(reserved, due, inner, req, context(), ticket, attach, wait)
     }
+}
+
+/// The context a waiting future scopes the inner service's `ready()` and
+/// `call()` in: the caller's, if it carries anything. Cloned only for a
+/// future that waits.
+fn context() -> Option<Context> {
+    Context::try_current().filter(|ctx| !ctx.is_empty())
 }
 
 /// Clones share the limiter (the store and settings sit behind `Arc`s); only
