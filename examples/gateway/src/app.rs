@@ -283,6 +283,10 @@ pub fn build(
             )),
         };
         let stack = ServiceBuilder::new()
+            // Boxed here, once: the handler and the outer layers move the
+            // response several times, and the stack's body (a wrapper per
+            // layer) is several hundred bytes.
+            .map_response(|res: http::Response<_>| res.map(Body::new))
             .layer(error_layer)
             .layer(CountErrorsLayer::new(Arc::clone(&errors)))
             .layer(shield.clone())

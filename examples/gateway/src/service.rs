@@ -13,7 +13,11 @@
 //! [`HttpApp`] erases the app's type once: the outer layers (request id,
 //! trace, a panic catcher), the router of the `/v1` routes and the
 //! per-client stacks are one concrete type, whose future the app boxes
-//! once per request, with one boxed response body. The four `/v1` routes
+//! once per request. A response body is boxed twice: where the per-client
+//! stack ends (its body, a wrapper per layer, is several hundred bytes, and
+//! the handler and the outer layers move the response several times: one
+//! allocation costs less than those copies), and once more at the end, with
+//! the trace layer's wrapper. The four `/v1` routes
 //! with their methods are matched by hand; every other request (`/health`,
 //! `/ready`, `/metrics`, other methods on the `/v1` paths, unknown routes)
 //! goes to the same axum router as before, inside the same outer layers.
