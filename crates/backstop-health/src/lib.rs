@@ -104,7 +104,7 @@
 //!
 //! - `http`: [`Outcome::of_status`] and [`Readiness::record_http`].
 //! - `axum` (implies `http`): [`routes`], [`ready_response`],
-//!   [`prometheus_builder`] and [`install_prometheus`].
+//!   [`prometheus_builder`], [`install_prometheus`] and [`spawn_upkeep`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod readiness;
@@ -120,4 +120,6 @@ pub use crate::readiness::{MIN_ATTEMPTS, Outcome, Readiness, ReadinessBuilder, R
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-pub use crate::ops::{install_prometheus, prometheus_builder, ready_response, routes};
+pub use crate::ops::{
+    UPKEEP_INTERVAL, install_prometheus, prometheus_builder, ready_response, routes, spawn_upkeep,
+};

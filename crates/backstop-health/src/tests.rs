@@ -408,3 +408,27 @@ fn install_prometheus_installs_once_and_registers_every_family() {
         "a second install fails"
     );
 }
+
+#[cfg(feature = "axum")]
+#[test]
+// A plain thread polls a plain thread's counter: no runtime to block.
+#[allow(clippy::disallowed_methods)]
+fn periodically_runs_until_the_process_ends() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    crate::ops::periodically("test-periodic", Duration::from_millis(2), move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    // Real time (a thread): a generous bound (10 s), never a tight one.
+    for _ in 0..2000 {
+        if runs.load(Ordering::SeqCst) >= 3 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("ran {} times in 10 s", runs.load(Ordering::SeqCst));
+}
