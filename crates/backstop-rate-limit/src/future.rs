@@ -109,8 +109,9 @@ pin_project! {
     enum State<R, F> {
         Start,
         Reserving { #[pin] fut: R },
-        // Boxed: only a request that must wait pays for the timer.
-        Waiting { sleep: Pin<Box<Sleep>> },
+        // The timer is made on the first poll (`call()` may run outside a
+        // runtime), and boxed: only a request that must wait pays for it.
+        Waiting { due: Instant, sleep: Option<Pin<Box<Sleep>>> },
         Ready,
         Calling { #[pin] fut: F },
         Done,
@@ -228,9 +229,7 @@ where
         wait: Wait,
     ) -> Self {
         let state = match sleep {
-            Some(due) => State::Waiting {
-                sleep: Box::pin(sleep_until(due)),
-            },
+            Some(due) => State::Waiting { due, sleep: None },
             None => State::Ready,
         };
         Self::slow(state, None, reserved, inner, req, ctx, ticket, attach, wait)
@@ -375,9 +374,7 @@ where
                         Next::Wait(parts, due, after) => {
                             this.reserved.0 = Some(parts);
                             wait.sleeping(after);
-                            this.state.set(State::Waiting {
-                                sleep: Box::pin(sleep_until(due)),
-                            });
+                            this.state.set(State::Waiting { due, sleep: None });
                         }
                         Next::Fail(err) => {
                             this.state.set(State::Done);
@@ -386,7 +383,9 @@ where
                         }
                     }
                 }
-                StateProj::Waiting { sleep } => {
+                StateProj::Waiting { due, sleep } => {
+                    let due = *due;
+                    let sleep = sleep.get_or_insert_with(|| Box::pin(sleep_until(due)));
                     ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Ready);
                 }

@@ -1226,3 +1226,24 @@ mod types {
     assert_impl_all!(Reservation<GcraStore>: Send, Sync, Clone, std::fmt::Debug);
     assert_impl_all!(StoreError: Send, Sync, std::error::Error);
 }
+
+/// `call()` may run outside any runtime (a future made early, awaited
+/// later): a request that must wait gets its timer on its first poll.
+#[test]
+fn a_waiting_future_made_outside_a_runtime_waits_inside_one() {
+    let (inner, log) = recorder();
+    let mut svc = RateLimitLayer::per_second(10)
+        .burst(1)
+        .build()
+        .unwrap()
+        .layer(inner);
+    // The first is admitted (and called) at once; the second must wait.
+    let first = svc.call(1);
+    let second = svc.call(2);
+    assert_eq!(log.lock().unwrap().len(), 1);
+    backstop_test_util::paused_runtime().block_on(async {
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(second.await.unwrap(), 2);
+    });
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
