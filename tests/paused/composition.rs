@@ -174,3 +174,59 @@ async fn drops_return_slots_in_any_order() {
     assert_eq!(queue.depth(), 0);
     assert_eq!(handle.available_permits(), 1);
 }
+
+/// Every layer's `call()` may run outside any runtime (a future made early,
+/// awaited later), also when limits bind and the futures must wait: no
+/// layer makes a timer or looks up a runtime before its future is polled.
+#[test]
+fn the_whole_stack_can_be_called_outside_a_runtime() {
+    use backstop::attempt_timeout::AttemptTimeoutLayer;
+    use backstop::retry::RetryLayer;
+    use backstop::shield::{ShieldedOnCancelLayer, sync_hook};
+    use backstop::sla::SlaTimeoutLayer;
+
+    let svc = ServiceBuilder::new()
+        .shielded_on_cancel(ShieldedOnCancelLayer::new(sync_hook(|_| {})))
+        .sla_timeout(SlaTimeoutLayer::new(secs(60)).unwrap())
+        .retrying(RetryLayer::builder().build().unwrap())
+        .queue_admission(
+            QueueAdmissionLayer::builder()
+                .max_waiting(10)
+                .max_wait(secs(30))
+                .build()
+                .unwrap(),
+        )
+        .rate_limited(RateLimitLayer::per_second(10).burst(1).build().unwrap())
+        .concurrency_limited(ConcurrencyLimitLayer::new(1).unwrap())
+        .attempt_timeout(AttemptTimeoutLayer::new(secs(10)).unwrap())
+        .service(service_fn(|n: u32| async move {
+            tokio::time::sleep(ms(50)).await;
+            Ok::<_, BoxError>(n)
+        }));
+    // Outside any runtime: the first is admitted at once, the others wait
+    // for the rate limit (and then the permit).
+    let futures: Vec<_> = (0..4)
+        .map(|n| {
+            let mut svc = svc.clone();
+            svc.call(n)
+        })
+        .collect();
+    let answers =
+        backstop_test_util::paused_runtime().block_on(async { futures_join_all(futures).await });
+    assert_eq!(answers, vec![0, 1, 2, 3]);
+}
+
+/// Awaits every future in order (they make progress together: each is
+/// polled by the runtime's timer wake-ups while the earlier ones wait).
+async fn futures_join_all<F, T>(futures: Vec<F>) -> Vec<T>
+where
+    F: std::future::Future<Output = Result<T, BoxError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap().unwrap());
+    }
+    out
+}
