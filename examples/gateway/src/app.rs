@@ -458,6 +458,92 @@ impl Gateway {
         self.errors.record(kind);
         json_error(status, kind, message, id).map(Body::from)
     }
+
+    /// The client a `/v1` request's key names and its SLA deadline, counted
+    /// from the head's arrival (`head`); or the error to answer.
+    // The error is the answer `v1` returns as its own error: built once, on
+    // a cold path.
+    #[allow(clippy::result_large_err)]
+    fn admit_head(
+        &self,
+        headers: &http::HeaderMap,
+        head: Instant,
+        id: Option<&RequestId>,
+    ) -> Result<(usize, Instant), Response> {
+        let Some(client) = self.authenticate(headers) else {
+            return Err(self.error(
+                StatusCode::UNAUTHORIZED,
+                ErrorKind::Unauthorized,
+                "missing or wrong client key",
+                id,
+            ));
+        };
+        let budget = match client_deadline(headers) {
+            Ok(Some(d)) => d.min(self.sla),
+            Ok(None) => self.sla,
+            Err(()) => {
+                return Err(self.error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    "x-request-timeout-ms must be one positive integer",
+                    id,
+                ));
+            }
+        };
+        Ok((client, head + budget))
+    }
+
+    /// The tokens a buffered `/v1` request is estimated to cost, checked
+    /// against every token burst it must fit; or the error to answer (a
+    /// `POST` body that is not one JSON object, a cost over a burst).
+    // The error is the answer `v1` returns as its own error: built once, on
+    // a cold path.
+    #[allow(clippy::result_large_err)]
+    fn token_estimate(
+        &self,
+        client: usize,
+        parts: &http::request::Parts,
+        bytes: &[u8],
+        id: Option<&RequestId>,
+    ) -> Result<u64, Response> {
+        let requested = if parts.method == Method::POST {
+            match crate::json::request_fields(bytes) {
+                Some(fields) => fields.completion(),
+                None => {
+                    return Err(self.error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorKind::InvalidRequest,
+                        "the request body must be a JSON object",
+                        id,
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let est = estimate(
+            parts.uri.path(),
+            bytes.len(),
+            requested,
+            self.default_completion,
+        );
+        let limits = [
+            self.tokens_burst,
+            self.client_tpm.get(client).copied().flatten(),
+        ];
+        for limit in limits.into_iter().flatten() {
+            if est > limit {
+                let e = CostOverBurst::new(est, limit);
+                return Err(self.error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::InvalidRequest,
+                    &e.to_string(),
+                    id,
+                ));
+            }
+        }
+        Ok(est)
+    }
 }
 
 async fn not_found(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
@@ -587,39 +673,7 @@ where
             .map_or_else(Instant::now, |m| m.arrival);
         let id = request_id(&req);
         let id = id.as_ref();
-        let Some(client) = gw.authenticate(req.headers()) else {
-            return Err(gw.error(
-                StatusCode::UNAUTHORIZED,
-                ErrorKind::Unauthorized,
-                "missing or wrong client key",
-                id,
-            ));
-        };
-        let budget = match client_deadline(req.headers()) {
-            Ok(Some(d)) => d.min(gw.sla),
-            Ok(None) => gw.sla,
-            Err(()) => {
-                return Err(gw.error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorKind::InvalidRequest,
-                    "x-request-timeout-ms must be one positive integer",
-                    id,
-                ));
-            }
-        };
-        let deadline = head + budget;
-        let ctx = Context::current().with_sla_deadline(deadline);
-        ctx.scope(self.v1_inner(client, deadline, req, id)).await
-    }
-
-    async fn v1_inner(
-        &self,
-        client: usize,
-        deadline: Instant,
-        req: http::Request<RequestBody>,
-        id: Option<&RequestId>,
-    ) -> Result<http::Response<SB>, Response> {
-        let gw = &*self.0.gw;
+        let (client, deadline) = gw.admit_head(req.headers(), head, id)?;
         let (mut parts, body) = req.into_parts();
         if let Some(len) = parts
             .headers
@@ -665,42 +719,7 @@ where
             retry_after_headers(res.headers_mut(), gw.retry_after);
             return Err(res);
         }
-        let requested = if parts.method == Method::POST {
-            match crate::json::request_fields(&bytes) {
-                Some(fields) => fields.completion(),
-                None => {
-                    return Err(gw.error(
-                        StatusCode::BAD_REQUEST,
-                        ErrorKind::InvalidRequest,
-                        "the request body must be a JSON object",
-                        id,
-                    ));
-                }
-            }
-        } else {
-            None
-        };
-        let est = estimate(
-            parts.uri.path(),
-            bytes.len(),
-            requested,
-            gw.default_completion,
-        );
-        let limits = [
-            gw.tokens_burst,
-            gw.client_tpm.get(client).copied().flatten(),
-        ];
-        for limit in limits.into_iter().flatten() {
-            if est > limit {
-                let e = CostOverBurst::new(est, limit);
-                return Err(gw.error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorKind::InvalidRequest,
-                    &e.to_string(),
-                    id,
-                ));
-            }
-        }
+        let est = gw.token_estimate(client, &parts, &bytes, id)?;
         // One extension entry per request (see `RequestMeta`); the trace
         // layer put it there.
         parts
@@ -712,10 +731,15 @@ where
         if let Err(never) = stack.ready().await {
             match never {}
         }
+        // The deadline counts from the head's arrival: the stack's SLA
+        // layer reads it from the context in its `call()`, and every layer
+        // that needs the context later captured it there and scopes its own
+        // polls, so only the call is scoped here.
+        let ctx = Context::current().with_sla_deadline(deadline);
         // The stack's future is several KiB: boxed where it is made, so the
         // futures of this handler and of the outer layers stay small (each
         // of them is moved as it is built).
-        let fut = Box::pin(stack.call(req));
+        let fut = Box::pin(ctx.sync_scope(|| stack.call(req)));
         match fut.await {
             Ok(res) => Ok(res),
             Err(never) => match never {},
