@@ -39,6 +39,15 @@ fn times(log: &Log, start: Instant) -> Vec<Duration> {
         .collect()
 }
 
+/// The limit most tests use: 10 per second, a burst of 1.
+fn ten_per_second<S>(inner: S) -> RateLimit<S> {
+    RateLimitLayer::per_second(10)
+        .burst(1)
+        .build()
+        .unwrap()
+        .layer(inner)
+}
+
 fn overloaded(err: &BoxError) -> &Overloaded {
     err.downcast_ref::<Overloaded>()
         .unwrap_or_else(|| panic!("not Overloaded: {err}"))
@@ -104,11 +113,7 @@ async fn waits_transparently_then_admits_at_the_exact_instant() {
 #[tokio::test(start_paused = true)]
 async fn poll_ready_reserves_nothing() {
     let (inner, _log) = recorder();
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     for _ in 0..100 {
         std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
     }
@@ -353,11 +358,7 @@ async fn cost_over_burst_fails_at_once() {
 #[tokio::test(start_paused = true)]
 async fn conforming_instant_past_the_deadline_fails_at_once() {
     let (inner, log) = recorder();
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     let now = Instant::now();
     let ctx = Context::new().with_sla_deadline(now + 150 * MS);
     let call = |svc: &mut _, n| ctx.clone().sync_scope(|| Service::call(svc, n));
@@ -386,11 +387,7 @@ async fn conforming_instant_past_the_deadline_fails_at_once() {
 #[tokio::test(start_paused = true)]
 async fn admission_deadline_bounds_the_wait() {
     let (inner, _log) = recorder();
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     let now = Instant::now();
     let slots = QueueSlots::new(8, Duration::from_secs(1));
     // The ticket's deadline (50 ms) is shorter than the SLA (10 s).
@@ -409,11 +406,7 @@ async fn admission_deadline_bounds_the_wait() {
 #[tokio::test(start_paused = true)]
 async fn deadline_exactly_at_the_conforming_instant_admits() {
     let (inner, log) = recorder();
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     let start = Instant::now();
     svc.call(1).await.unwrap();
     let ctx = Context::new().with_sla_deadline(start + 100 * MS);
@@ -537,11 +530,7 @@ async fn keyed_new_key_rejected_through_the_service_when_all_busy() {
 #[tokio::test(start_paused = true)]
 async fn dropped_waiter_gives_its_reservation_back() {
     let (inner, log) = recorder();
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     let start = Instant::now();
     svc.call(1).await.unwrap();
     let mut waiter = task::spawn(svc.call(2));
@@ -561,11 +550,7 @@ async fn dropped_waiter_gives_its_reservation_back() {
 #[tokio::test(start_paused = true)]
 async fn waiters_dropped_newest_first_give_everything_back() {
     let (inner, _log) = recorder();
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     let mut waiters: Vec<_> = (0..5).map(|n| task::spawn(svc.call(n))).collect();
     for w in &mut waiters {
         let _ = w.poll();
@@ -592,11 +577,7 @@ async fn inner_overloaded_gives_the_reservation_back() {
             Ok(n)
         })
     });
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     let err = svc.call(0).await.unwrap_err();
     assert!(err.is::<Overloaded>());
     assert_eq!(svc.store().wait_for(1), Duration::ZERO, "given back");
@@ -1057,11 +1038,7 @@ async fn settled_reservations_are_refunded_when_no_response_arrives() {
     let inner = service_fn(|_r: http::Request<()>| {
         ready(Err::<http::Response<()>, BoxError>("connect error".into()))
     });
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     assert!(svc.call(http::Request::new(())).await.is_err());
     assert_eq!(svc.store().wait_for(1), 100 * MS);
 }
@@ -1232,11 +1209,7 @@ mod types {
 #[test]
 fn a_waiting_future_made_outside_a_runtime_waits_inside_one() {
     let (inner, log) = recorder();
-    let mut svc = RateLimitLayer::per_second(10)
-        .burst(1)
-        .build()
-        .unwrap()
-        .layer(inner);
+    let mut svc = ten_per_second(inner);
     // The first is admitted (and called) at once; the second must wait.
     let first = svc.call(1);
     let second = svc.call(2);
