@@ -434,7 +434,7 @@ where
 /// right even when this future is polled elsewhere.
 fn scoped<R>(ctx: Option<&Context>, f: impl FnOnce() -> R) -> R {
     match ctx {
-        // No clone and no new scope when it is already current.
+        // No clone: the captured context is scoped by reference.
         Some(ctx) => ctx.rescope(f),
         None => f(),
     }

@@ -154,11 +154,10 @@ where
     }
 
     /// Admitted, with `reserved` (if anything was): at `due` (if set, a wait
-    /// of `after`),
-    /// and once the inner service is ready. When there is nothing to wait
-    /// for and the inner service is ready now (asked with a waker that does
-    /// nothing: if it is not, the future asks again with its own), it is
-    /// called here, in the caller's scope.
+    /// of `after`), and once the inner service is ready. When there is
+    /// nothing to wait for and the inner service is ready now (asked with a
+    /// waker that does nothing: if it is not, the future asks again with its
+    /// own), it is called here, in the caller's scope.
     fn admit<Req>(
         &mut self,
         reserved: Option<Parts<St>>,
