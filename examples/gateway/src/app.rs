@@ -20,7 +20,7 @@ use backstop::rate_limit::RateLimitLayer;
 use backstop::retry::{Jitter as RetryJitter, RetryLayer, RetryStats};
 use backstop::shield::{Completion, HookTracker, ShieldedOnCancelLayer, sync_hook};
 use backstop::sla::SlaTimeoutLayer;
-use backstop::{BoxError, Context, CostOverBurst, ErrorKind, RequestId, SetRequestIdLayer};
+use backstop::{Context, CostOverBurst, ErrorKind, RequestId, SetRequestIdLayer};
 use backstop_core::http::header::X_REQUEST_TIMEOUT_MS;
 use backstop_core::http::{
     ErrorResponseLayer, PropagateContextLayer, json_error, retry_after_headers,
@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::{Config, Jitter};
-use crate::service::{GatewayBody, HttpApp, RequestBody};
+use crate::service::{HttpApp, RequestBody};
 use crate::tokens::{CollectLayer, SettleLayer, TokenEstimate, estimate};
 use crate::trace::{CountErrorsLayer, RequestMeta, TraceLayer};
 use crate::upstream::{AnyUpstream, ForwardLayer};
@@ -356,21 +356,20 @@ pub fn build(
 /// The axum router behind [`Dispatch`]: every route, so that what the fast
 /// path does not take (other methods, `HEAD`, unknown paths) is answered as
 /// an axum router answers it.
-fn router<S, SB>(gw: Arc<Gateway>, v1_routes: &Routes<S>) -> Router
+fn router<S>(gw: Arc<Gateway>, v1_routes: &Routes<S>) -> Router
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+    S: Service<http::Request<Full<Bytes>>, Response = Response, Error = Infallible>
         + Clone
         + Send
         + Sync
         + 'static,
     S::Future: Send + 'static,
-    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     let v1 = {
         let v1_routes = v1_routes.clone();
         move |req: Request| {
             let v1_routes = v1_routes.clone();
-            async move { v1_routes.v1(req.map(Either::Right)).await.map(Body::new) }
+            async move { v1_routes.v1(req.map(Either::Right)).await }
         }
     };
     Router::new()
@@ -398,33 +397,24 @@ fn is_v1(method: &Method, path: &str) -> bool {
 
 /// The innermost of the outer layers: the `/v1` routes by hand, the rest
 /// through the axum router.
-async fn dispatch<S, SB>(
+async fn dispatch<S>(
     v1: Routes<S>,
     others: Router,
     req: http::Request<RequestBody>,
-) -> Result<http::Response<GatewayBody<SB>>, Infallible>
+) -> Result<Response, Infallible>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+    S: Service<http::Request<Full<Bytes>>, Response = Response, Error = Infallible>
         + Clone
         + Send
         + Sync
         + 'static,
     S::Future: Send + 'static,
-    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     if is_v1(req.method(), req.uri().path()) {
-        Ok(v1_response(v1.v1(req).await))
+        // The stack's answer, or one the gateway made.
+        Ok(v1.v1(req).await.unwrap_or_else(|generated| generated))
     } else {
-        let res = others.oneshot(req).await?;
-        Ok(res.map(Either::Right))
-    }
-}
-
-/// A `/v1` answer: the stack's response, or one the gateway made.
-fn v1_response<SB>(res: Result<http::Response<SB>, Response>) -> http::Response<GatewayBody<SB>> {
-    match res {
-        Ok(res) => res.map(Either::Left),
-        Err(generated) => generated.map(Either::Right),
+        others.oneshot(req).await
     }
 }
 
@@ -652,20 +642,19 @@ impl Drop for BufferedGuard<'_> {
     }
 }
 
-impl<S, SB> Routes<S>
+impl<S> Routes<S>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>, Error = Infallible>
+    S: Service<http::Request<Full<Bytes>>, Response = Response, Error = Infallible>
         + Clone
         + Send
         + Sync
         + 'static,
     S::Future: Send + 'static,
-    SB: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     /// Every `/v1/*` route: auth, the deadline from head arrival, body
     /// limit, buffer and parse, then the per-client stack; the errors the
-    /// gateway answers itself as `Err` (see [`v1_response`]).
-    async fn v1(&self, req: http::Request<RequestBody>) -> Result<http::Response<SB>, Response> {
+    /// gateway answers itself as `Err`.
+    async fn v1(&self, req: http::Request<RequestBody>) -> Result<Response, Response> {
         let gw = &*self.0.gw;
         let head = req
             .extensions()

@@ -203,7 +203,3 @@ where
 /// [`Router`](axum::Router) (`Right`: in-process use and tests). An enum
 /// rather than a box: no allocation, one branch per poll.
 pub type RequestBody = Either<Incoming, Body>;
-
-/// A response body: the per-client stack's (`Left`), or one the gateway made
-/// (`Right`: a generated error, or the axum router's answer).
-pub type GatewayBody<B> = Either<B, Body>;

@@ -13,7 +13,6 @@ use backstop_core::metrics::ErrorCounters;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Either;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Layer, Service};
@@ -145,14 +144,13 @@ fn outcome(status: StatusCode, headers: &http::HeaderMap) -> &'static str {
     }
 }
 
-// The app's response body is `GatewayBody` (the stack's, or one the gateway
-// made): the 500 for a panicked handler goes right.
-impl<S, B, SB> Service<Request<B>> for Trace<S>
+// The app's responses carry axum's body (the stack boxes its own where it
+// ends), so the 500 for a panicked handler is one of them.
+impl<S, B> Service<Request<B>> for Trace<S>
 where
-    S: Service<Request<B>, Response = Response<Either<SB, axum::body::Body>>>,
-    Either<SB, axum::body::Body>: Body,
+    S: Service<Request<B>, Response = Response<axum::body::Body>>,
 {
-    type Response = Response<TraceBody<Either<SB, axum::body::Body>>>;
+    type Response = Response<TraceBody<axum::body::Body>>;
     type Error = S::Error;
     type Future = TraceFuture<S::Future>;
 
@@ -202,12 +200,11 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, E, SB> Future for TraceFuture<F>
+impl<F, E> Future for TraceFuture<F>
 where
-    F: Future<Output = Result<Response<Either<SB, axum::body::Body>>, E>>,
-    Either<SB, axum::body::Body>: Body,
+    F: Future<Output = Result<Response<axum::body::Body>, E>>,
 {
-    type Output = Result<Response<TraceBody<Either<SB, axum::body::Body>>>, E>;
+    type Output = Result<Response<TraceBody<axum::body::Body>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -231,7 +228,7 @@ where
                     "internal error",
                     id.as_ref(),
                 )
-                .map(|b| Either::Right(axum::body::Body::from(b))))
+                .map(axum::body::Body::from))
             }
         };
         let mut info = this.info.take();
