@@ -77,19 +77,18 @@ mod plain {
     /// Deeper nesting goes to serde_json (whose own limit is 128).
     pub(super) const MAX_DEPTH: u32 = 64;
 
+    use crate::swar::{below, equal, non_ascii};
+
     /// The bytes of `word` (little-endian) that are a `"`, a `\`, or not
     /// printable ASCII (below 0x20, 0x7f, or past ASCII), each as its high
-    /// bit. The lowest bit set is exact (a borrow only runs upward, so any
-    /// false mark sits above a true one), and no such byte goes unmarked.
+    /// bit; the lowest is exact (see [`crate::swar`]).
     #[inline]
     pub(super) fn to_judge(word: u64) -> u64 {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        // A byte below `n` (for n <= 0x80) sets its high bit here.
-        let below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGH;
-        // A byte equal to `b`: a zero byte of `word ^ b`.
-        let equal = |b: u8| below(word ^ (ONES * u64::from(b)), 1);
-        (word & HIGH) | below(word, 0x20) | equal(0x7f) | equal(b'"') | equal(b'\\')
+        non_ascii(word)
+            | below(word, 0x20)
+            | equal(word, 0x7f)
+            | equal(word, b'"')
+            | equal(word, b'\\')
     }
 
     struct Scan<'a> {

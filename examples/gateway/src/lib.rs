@@ -15,6 +15,7 @@ pub mod logwriter;
 pub mod pool;
 pub mod server;
 pub mod service;
+mod swar;
 pub mod tokens;
 pub mod trace;
 pub mod upstream;

@@ -71,6 +71,8 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::swar::{below, equal};
+
 /// A [`FormatEvent`] that writes each event as one JSON object per line, in
 /// the shape of tracing-subscriber's `fmt().json().flatten_event(true)
 /// .with_current_span(false)` (see the [module docs](self)), several times
@@ -394,15 +396,8 @@ impl fmt::Write for Escaping<'_, '_, '_> {
 /// control character. No false negatives; a false positive only sends the
 /// word through the byte-wise check.
 fn may_need_escape(x: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte below 0x20 (bytes from 0x80 are masked out by `!x`).
-    let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-    let q = x ^ (ONES * u64::from(b'"'));
-    let quote = q.wrapping_sub(ONES) & !q & HIGH;
-    let b = x ^ (ONES * u64::from(b'\\'));
-    let backslash = b.wrapping_sub(ONES) & !b & HIGH;
-    control | quote | backslash != 0
+    // Bytes from 0x80 are not below 0x20 (see `crate::swar`).
+    below(x, 0x20) | equal(x, b'"') | equal(x, b'\\') != 0
 }
 
 /// The escapes of the control characters, as serde_json writes them.
