@@ -83,6 +83,11 @@ pub struct AppOptions {
     /// Fires at the shutdown timeout: open SSE streams end with the error
     /// event.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Write the access line straight to the log buffer (see
+    /// [`TraceLayer::direct_log`]): for a process whose subscriber is
+    /// [`JsonLines`](crate::logfmt::JsonLines) over
+    /// [`StderrLines`](crate::logwriter::StderrLines), as the binary's.
+    pub direct_log: bool,
 }
 
 /// What every route shares.
@@ -342,7 +347,7 @@ pub fn build(
     let http = HttpApp::new(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new().http())
-            .layer(TraceLayer::new(options.shutdown))
+            .layer(TraceLayer::new(options.shutdown).direct_log(options.direct_log))
             .service_fn(move |req| dispatch(v1.clone(), others.clone(), req)),
     );
     let router = Router::new().fallback_service(http.clone());

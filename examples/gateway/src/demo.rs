@@ -79,6 +79,7 @@ async fn start_gateway(env: &Env, extra: &str) -> Result<Gateway, String> {
         AppOptions {
             metrics: None,
             shutdown: CancellationToken::new(),
+            direct_log: false,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -131,6 +131,70 @@ where
     }
 }
 
+/// The fields of the gateway's access line, the `request finished` event
+/// of [`crate::trace`].
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLine<'a> {
+    /// `request_id`; left out when `None`, as tracing leaves out a `None`.
+    pub request_id: Option<&'a str>,
+    /// `method`.
+    pub method: &'a str,
+    /// `path`.
+    pub path: &'a str,
+    /// `status`; left out when `None`.
+    pub status: Option<u16>,
+    /// `attempts`.
+    pub attempts: u32,
+    /// `duration_ms`.
+    pub duration_ms: u64,
+    /// `outcome`.
+    pub outcome: &'a str,
+}
+
+impl AccessLine<'_> {
+    /// The event's target: the module that logs it.
+    pub const TARGET: &'static str = "backstop_gateway::trace";
+
+    /// Appends the line [`JsonLines`] prints for
+    /// `tracing::info!(target: TARGET, message = "request finished",
+    /// request_id, method, path, status, attempts, duration_ms, outcome)`
+    /// outside any span, byte for byte (a test compares the two), without
+    /// going through tracing: no field visitor, no staging and no UTF-8
+    /// check of the line.
+    pub fn format(&self, out: &mut Vec<u8>) {
+        let string = |out: &mut Vec<u8>, s: &str| {
+            out.push(b'"');
+            escape_runs(s, |run| out.extend_from_slice(run.as_bytes()));
+            out.push(b'"');
+        };
+        let number = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(decimal(v, &mut [0; 20]));
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        out.extend_from_slice(format_timestamp(SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request finished\"");
+        if let Some(id) = self.request_id {
+            out.extend_from_slice(b",\"request_id\":");
+            string(out, id);
+        }
+        out.extend_from_slice(b",\"method\":");
+        string(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        string(out, self.path);
+        if let Some(status) = self.status {
+            out.extend_from_slice(b",\"status\":");
+            number(out, u64::from(status));
+        }
+        out.extend_from_slice(b",\"attempts\":");
+        number(out, u64::from(self.attempts));
+        out.extend_from_slice(b",\"duration_ms\":");
+        number(out, self.duration_ms);
+        out.extend_from_slice(b",\"outcome\":");
+        string(out, self.outcome);
+        out.extend_from_slice(b",\"target\":\"");
+        out.extend_from_slice(Self::TARGET.as_bytes());
+        out.extend_from_slice(b"\"}\n");
+    }
+}
+
 /// `,"spans":[...]`, the current spans from root to leaf.
 fn write_spans<S, N>(ctx: &FmtContext<'_, S, N>, out: &mut Out<'_, '_>)
 where
@@ -311,59 +375,15 @@ impl<'a, 'w> Out<'a, 'w> {
         }
     }
 
-    /// Pushes `s` escaped as the inside of a JSON string (RFC 8259, as
-    /// serde_json escapes): `"`, `\` and control characters; everything
-    /// else, non-ASCII included, as is. Scans eight bytes at a time.
+    /// Pushes `s` escaped as the inside of a JSON string (see
+    /// [`escape_runs`]).
     fn push_escaped(&mut self, s: &str) {
-        let bytes = s.as_bytes();
-        let mut start = 0;
-        let mut i = 0;
-        while i < bytes.len() {
-            // Eight bytes, the last word padded with spaces (which need no
-            // escape), so short keys and tails take one check too.
-            let word = &bytes[i..bytes.len().min(i + 8)];
-            let mut w = [b' '; 8];
-            w[..word.len()].copy_from_slice(word);
-            if !may_need_escape(u64::from_le_bytes(w)) {
-                i += word.len();
-                continue;
-            }
-            let end = (i + 8).min(bytes.len());
-            while i < end {
-                let b = bytes[i];
-                let escape = match b {
-                    b'"' => "\\\"",
-                    b'\\' => "\\\\",
-                    0..0x20 => CONTROL[usize::from(b)],
-                    _ => {
-                        i += 1;
-                        continue;
-                    }
-                };
-                // Escaped bytes are ASCII, so `start` and `i` are char
-                // boundaries.
-                self.push_str(&s[start..i]);
-                self.push_str(escape);
-                i += 1;
-                start = i;
-            }
-        }
-        self.push_str(&s[start..]);
+        escape_runs(s, |run| self.push_str(run));
     }
 
     /// Pushes `v` in decimal.
-    fn push_u64(&mut self, mut v: u64) {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push_ascii(&buf[i..]);
+    fn push_u64(&mut self, v: u64) {
+        self.push_ascii(decimal(v, &mut [0; 20]));
     }
 
     /// Pushes `v` as serde_json writes it (so as tracing-subscriber does):
@@ -389,6 +409,71 @@ impl fmt::Write for Escaping<'_, '_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.0.push_escaped(s);
         Ok(())
+    }
+}
+
+/// `v` in decimal, written at the end of `buf`.
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// `s` escaped as the inside of a JSON string (RFC 8259, as serde_json
+/// escapes): `"`, `\\` and control characters; everything else, non-ASCII
+/// included, as is. Hands `emit` the pieces in order: runs of `s` that need
+/// no escape and the escapes between them. Scans eight bytes at a time.
+#[inline]
+fn escape_runs(s: &str, mut emit: impl FnMut(&str)) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes read in place; the last word padded with spaces
+        // (which need no escape), so short keys and tails take one check
+        // too.
+        let (word, n) = match bytes.get(i..i + 8) {
+            Some(w) => (u64::from_le_bytes(w.try_into().unwrap_or([0; 8])), 8),
+            None => {
+                let mut w = [b' '; 8];
+                let tail = &bytes[i..];
+                w[..tail.len()].copy_from_slice(tail);
+                (u64::from_le_bytes(w), tail.len())
+            }
+        };
+        if !may_need_escape(word) {
+            i += n;
+            continue;
+        }
+        let end = i + n;
+        while i < end {
+            let b = bytes[i];
+            let escape = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                0..0x20 => CONTROL[usize::from(b)],
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            // Escaped bytes are ASCII, so `start` and `i` are char
+            // boundaries.
+            emit(&s[start..i]);
+            emit(escape);
+            i += 1;
+            start = i;
+        }
+    }
+    if start < bytes.len() {
+        emit(&s[start..]);
     }
 }
 
@@ -986,6 +1071,90 @@ mod tests {
     }
 
     /// Events per benchmark run: `LOGFMT_BENCH_EVENTS`, default 10,000.
+    /// [`AccessLine::format`] writes the line that the access event
+    /// (`trace::Info::log`'s, at its target) gets from [`JsonLines`], and so
+    /// from tracing-subscriber's own JSON formatter: with and without the
+    /// optional fields, and with values that need escaping.
+    #[test]
+    fn the_access_line_written_directly_is_the_events_line() {
+        let lines = [
+            AccessLine {
+                request_id: Some("0192f0c4-7b1e-7c3a-9d2e-5f6a7b8c9d0e"),
+                method: "POST",
+                path: "/v1/chat/completions",
+                status: Some(200),
+                attempts: 1,
+                duration_ms: 12,
+                outcome: "success",
+            },
+            AccessLine {
+                request_id: None,
+                method: "GET",
+                path: "/v1/models",
+                status: None,
+                attempts: 0,
+                duration_ms: u64::MAX,
+                outcome: "cancelled",
+            },
+            AccessLine {
+                request_id: Some("id \"quoted\" \\ back\u{1}slash, caf\u{e9}"),
+                method: "PATCH",
+                path: "/v1/\"odd\"/p\u{e4}th\n",
+                status: Some(504),
+                attempts: u32::MAX,
+                duration_ms: 0,
+                outcome: "timeout",
+            },
+        ];
+        for line in lines {
+            let event = || {
+                info!(
+                    target: "backstop_gateway::trace",
+                    message = "request finished",
+                    request_id = line.request_id,
+                    method = line.method,
+                    path = line.path,
+                    status = line.status,
+                    attempts = line.attempts,
+                    duration_ms = line.duration_ms,
+                    outcome = line.outcome,
+                );
+            };
+            let evented = same(&event);
+            let mut direct = Vec::new();
+            line.format(&mut direct);
+            let direct = String::from_utf8(direct).unwrap();
+            let direct = direct.strip_suffix('\n').expect("one whole line");
+            assert!(!direct.contains('\n'), "{direct}");
+            assert_eq!(evented.len(), 1);
+            assert_eq!(strip_timestamp(direct), strip_timestamp(&evented[0]));
+        }
+    }
+
+    /// For callgrind: the access line written directly, `n` times, to a
+    /// buffer emptied as the log writer empties its own.
+    #[test]
+    #[ignore = "benchmark; run under valgrind --tool=callgrind"]
+    fn bench_direct() {
+        let mut out = Vec::with_capacity(64 * 1024);
+        for i in 0..bench_events() {
+            AccessLine {
+                request_id: Some("0192f0c4-7b1e-7c3a-9d2e-5f6a7b8c9d0e"),
+                method: "POST",
+                path: "/v1/chat/completions",
+                status: Some(200),
+                attempts: 1,
+                duration_ms: i % 500,
+                outcome: "ok",
+            }
+            .format(&mut out);
+            if out.len() > 32 * 1024 {
+                out.clear();
+            }
+        }
+        std::hint::black_box(&out);
+    }
+
     fn bench_events() -> u64 {
         std::env::var("LOGFMT_BENCH_EVENTS")
             .ok()

@@ -82,31 +82,50 @@ impl Write for Line {
     }
 
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let urgent = self.urgent;
-        let direct = BUFFER.with(|cell| {
-            // Not buffering here, or re-entered from a flush: write through.
-            let Ok(mut slot) = cell.try_borrow_mut() else {
-                return true;
-            };
-            let Some(buf) = slot.as_mut() else {
-                return true;
-            };
-            let mut buf = buf.0.lock().unwrap_or_else(PoisonError::into_inner);
-            buf.extend_from_slice(bytes);
-            if urgent || buf.len() >= FLUSH_AT {
-                write_out(&mut buf);
-            }
-            false
-        });
-        if direct {
-            io::stderr().write_all(bytes)?;
+        match append(self.urgent, |buf| buf.extend_from_slice(bytes)) {
+            None => Ok(()),
+            Some(_) => io::stderr().write_all(bytes),
         }
-        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Appends one whole line, written by `line`, to the log: on a buffering
+/// thread straight into its buffer (no copy), elsewhere to stderr at once.
+/// `urgent` as for a `WARN` or `ERROR` line: the buffer is written out now.
+///
+/// For a line formatted outside tracing (the access line, see
+/// [`AccessLine`](crate::logfmt::AccessLine)); `line` must append exactly
+/// one line, newline included.
+pub fn append_line(urgent: bool, line: impl FnOnce(&mut Vec<u8>)) {
+    if let Some(line) = append(urgent, line) {
+        let mut bytes = Vec::new();
+        line(&mut bytes);
+        // Errors are dropped, as for any log line (see `write_out`).
+        let _ = io::stderr().write_all(&bytes);
+    }
+}
+
+/// Appends `line` to this thread's buffer; gives it back when the thread
+/// does not buffer (or the buffer is being flushed: a re-entry).
+fn append<F: FnOnce(&mut Vec<u8>)>(urgent: bool, line: F) -> Option<F> {
+    BUFFER.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return Some(line);
+        };
+        let Some(buf) = slot.as_mut() else {
+            return Some(line);
+        };
+        let mut buf = buf.0.lock().unwrap_or_else(PoisonError::into_inner);
+        line(&mut buf);
+        if urgent || buf.len() >= FLUSH_AT {
+            write_out(&mut buf);
+        }
+        None
+    })
 }
 
 /// Writes `buf` to stderr and empties it. Errors are dropped: a log line that

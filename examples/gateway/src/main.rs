@@ -265,6 +265,8 @@ async fn run_gateway(mut config: Config) -> ExitCode {
         AppOptions {
             metrics,
             shutdown: shutdown.clone(),
+            // `init_logs` installed `JsonLines` over `StderrLines`.
+            direct_log: true,
         },
     ) {
         Ok(a) => a,

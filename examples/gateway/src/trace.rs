@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Layer, Service};
 
+use crate::logfmt::AccessLine;
 use crate::tokens::TokenEstimate;
 use crate::upstream::AttemptCounter;
 
@@ -50,6 +51,7 @@ impl RequestMeta {
 #[derive(Debug, Clone, Default)]
 pub struct TraceLayer {
     shutdown: Arc<CancellationToken>,
+    direct: bool,
 }
 
 impl TraceLayer {
@@ -57,7 +59,23 @@ impl TraceLayer {
     pub fn new(shutdown: CancellationToken) -> Self {
         Self {
             shutdown: Arc::new(shutdown),
+            direct: false,
         }
+    }
+
+    /// Writes the `request finished` line straight to the log buffer
+    /// ([`logwriter::append_line`](crate::logwriter::append_line)) in the
+    /// format [`JsonLines`](crate::logfmt::JsonLines) gives it, instead of
+    /// as a `tracing` event, when the filter enables this module's `INFO`
+    /// events. The same bytes reach stderr at about a quarter of the cost
+    /// (no dispatch, no field visitor, no staging); only for a process whose
+    /// subscriber is `JsonLines` over [`StderrLines`](crate::logwriter::StderrLines),
+    /// as the gateway's binary installs it. Off by default: other
+    /// subscribers see the event.
+    #[must_use]
+    pub fn direct_log(mut self, direct: bool) -> Self {
+        self.direct = direct;
+        self
     }
 }
 
@@ -67,6 +85,7 @@ impl<S> Layer<S> for TraceLayer {
         Trace {
             inner,
             shutdown: Arc::clone(&self.shutdown),
+            direct: self.direct,
         }
     }
 }
@@ -80,6 +99,7 @@ impl<S> Layer<S> for TraceLayer {
 pub struct Trace<S> {
     inner: S,
     shutdown: Arc<CancellationToken>,
+    direct: bool,
 }
 
 /// What the log line needs.
@@ -92,6 +112,8 @@ struct Info {
     attempts: AttemptCounter,
     status: Option<StatusCode>,
     logged: bool,
+    /// Write the line straight to the log (see [`TraceLayer::direct_log`]).
+    direct: bool,
 }
 
 impl Info {
@@ -103,6 +125,23 @@ impl Info {
         let duration_ms = Instant::now()
             .saturating_duration_since(self.start)
             .as_millis() as u64;
+        if self.direct {
+            // The filter's verdict for this module's INFO events, as the
+            // event below would get it (cached per call site).
+            if tracing::enabled!(tracing::Level::INFO) {
+                let line = AccessLine {
+                    request_id: self.request_id.as_ref().map(RequestId::as_str),
+                    method: self.method.as_str(),
+                    path: &self.path,
+                    status: self.status.map(|s| s.as_u16()),
+                    attempts: self.attempts.get(),
+                    duration_ms,
+                    outcome,
+                };
+                crate::logwriter::append_line(false, |out| line.format(out));
+            }
+            return;
+        }
         // The message as a `&str` field, first: the same line as a format
         // string gives (a test in `logfmt` pins it), without formatting
         // `fmt::Arguments` per request.
@@ -173,6 +212,7 @@ where
             attempts,
             status: None,
             logged: false,
+            direct: self.direct,
         };
         // A panic in the handler becomes a 500 with the request id, logged.
         let fut = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))).ok();

@@ -292,6 +292,30 @@ async fn serves_then_sigterm_exits_0() {
     assert_eq!(v["attempts"], 1);
 }
 
+/// The binary writes the access line outside tracing (`direct_log`), but
+/// `RUST_LOG` still decides whether it is written: off for
+/// `backstop_gateway::trace` here, while other INFO lines stay on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_turns_the_access_line_off() {
+    let mut p = Proc::spawn(
+        &["--listen", "127.0.0.1:0"],
+        &[("RUST_LOG", "info,backstop_gateway::trace=warn")],
+    );
+    let res = http(&p.addr, "GET", "/health", &[], "").await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    p.signal("TERM");
+    assert_eq!(p.wait(Duration::from_secs(20)).code(), Some(0));
+    let logs = p.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("\"shutdown complete\"")),
+        "{logs:?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("\"request finished\"")),
+        "{logs:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_drains_an_open_stream_then_exits_0() {
     let mut p = Proc::spawn(&["--listen", "127.0.0.1:0"], &[]);
