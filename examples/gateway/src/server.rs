@@ -4,7 +4,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -13,8 +14,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::service::{AppFuture, HttpApp};
 use crate::trace::RequestMeta;
-use crate::watchdog::{Watch, Watchdog, WatchedBody};
+use crate::watchdog::{Expired, Watch, Watchdog, WatchedBody};
 
 /// The app as one connection serves it: each request's head arrival
 /// recorded once (the trace, the SLA deadline and the watchdog all count from
@@ -44,6 +44,8 @@ impl hyper::service::Service<http::Request<Incoming>> for Connection {
     fn call(&self, mut req: http::Request<Incoming>) -> Watched {
         let arrival = Instant::now();
         req.extensions_mut().insert(RequestMeta::new(arrival));
+        self.dog
+            .head_arrived(req.version() == http::Version::HTTP_2);
         let watch = self.dog.watch(arrival + self.budget);
         Watched {
             fut: self.app.call(req.map(Either::Left)),
@@ -69,6 +71,118 @@ impl Future for Watched {
         let res = ready!(self.fut.as_mut().poll(cx));
         let watch = self.watch.take();
         Poll::Ready(Ok(res.map(|body| WatchedBody::new(body, watch))))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: the connection, its shutdown signal and its
+    /// watchdog.
+    ///
+    /// `tokio::select!` over the three (with hyper-util's graceful wrapper)
+    /// polled the signal and the watchdog at every wake-up of the
+    /// connection, several per request. Here they have a waker of their
+    /// own, and are polled only on the first poll and after that waker
+    /// fired; the connection is polled every time.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping it drops the connection (closing the socket) and its
+    /// receiver of the shutdown signal.
+    struct Serving<C, S, E> {
+        #[pin]
+        conn: C,
+        #[pin]
+        stop: S,
+        #[pin]
+        expired: E,
+        stopping: bool,
+        side: Arc<Side>,
+        side_waker: std::task::Waker,
+        // Held until the connection ends: graceful shutdown waits for it.
+        _stop: watch::Receiver<bool>,
+    }
+}
+
+/// How a connection's task ended.
+enum Ended<T> {
+    /// The connection ended (after a graceful shutdown, perhaps).
+    Done(T),
+    /// The watchdog cut it.
+    Expired(Expired),
+}
+
+/// The waker of [`Serving`]'s signal and watchdog: records that one of
+/// them fired, then wakes the task.
+struct Side {
+    woken: AtomicBool,
+    task: Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for Side {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = &*self.task.lock().unwrap_or_else(PoisonError::into_inner) {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl<C, S, E> Serving<C, S, E> {
+    fn new(conn: C, stop: S, expired: E, stop_rx: watch::Receiver<bool>) -> Self {
+        let side = Arc::new(Side {
+            // The first poll polls everything.
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        Self {
+            conn,
+            stop,
+            expired,
+            stopping: false,
+            side_waker: std::task::Waker::from(Arc::clone(&side)),
+            side,
+            _stop: stop_rx,
+        }
+    }
+}
+
+/// A connection as the workers serve it.
+type Conn = auto::UpgradeableConnection<'static, TokioIo<TcpStream>, Connection, TokioExecutor>;
+
+impl<S, E> Future for Serving<Conn, S, E>
+where
+    S: Future<Output = ()>,
+    E: Future<Output = Expired>,
+{
+    type Output = Ended<<Conn as Future>::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if this.side.woken.swap(false, Ordering::AcqRel) {
+            {
+                let mut task = this
+                    .side
+                    .task
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                    *task = Some(cx.waker().clone());
+                }
+            }
+            let mut side = Context::from_waker(this.side_waker);
+            if !*this.stopping && this.stop.poll(&mut side).is_ready() {
+                *this.stopping = true;
+                this.conn.as_mut().graceful_shutdown();
+            }
+            if let Poll::Ready(which) = this.expired.poll(&mut side) {
+                return Poll::Ready(Ended::Expired(which));
+            }
+        }
+        this.conn.poll(cx).map(Ended::Done)
     }
 }
 
@@ -209,8 +323,10 @@ impl Worker {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.server.header_read_timeout)
+            // The connection's watchdog enforces `header_read_timeout`
+            // (see `watchdog`): hyper's own would make, register and drop a
+            // timer for every request head.
+            .header_read_timeout(None)
             // hyper's smallest read buffer is 8 KiB.
             .max_buf_size(config.server.max_header_bytes.max(8192));
         builder
@@ -219,7 +335,10 @@ impl Worker {
             .max_header_list_size(
                 u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX),
             );
-        let graceful = GracefulShutdown::new();
+        // Graceful shutdown as hyper-util's `GracefulShutdown` does it (a
+        // watch channel: every connection holds a receiver until it ends),
+        // but polled by `Serving` only when the signal comes.
+        let (stop_tx, stop_rx) = watch::channel(false);
         let stream_budget = config.sla_timeout + config.attempt.max_stream_duration;
 
         let mut stop_at: Option<Instant> = None;
@@ -255,38 +374,16 @@ impl Worker {
                 }
             };
             let _ = stream.set_nodelay(true);
-            // Every response on this connection must be written by arrival +
-            // SLA + maximum stream duration, even if the client stops reading.
-            let dog = Watchdog::new();
-            let svc = Connection {
-                app: self.app.clone(),
-                dog: Arc::clone(&dog),
-                budget: stream_budget,
-            };
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                tokio::select! {
-                    r = conn => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    }
-                    () = dog.expired() => {
-                        // Dropping the connection future closes the socket.
-                        tracing::warn!("response past its maximum stream duration: connection cut");
-                    }
-                }
-                drop(permit);
-            });
+            self.spawn_connection(&builder, stream, permit, &stop_rx, stream_budget);
         }
         drop(listener);
         let t0 = signalled_at.unwrap_or_else(Instant::now);
         tracing::debug!("worker stopped accepting; waiting for in-flight requests");
         let deadline = t0 + config.shutdown.timeout;
-        let drain = graceful.shutdown();
+        // Every connection's receiver is dropped when it ends.
+        drop(stop_rx);
+        let _ = stop_tx.send(true);
+        let drain = stop_tx.closed();
         tokio::pin!(drain);
         let mut drained = true;
         if tokio::time::timeout_at(deadline, &mut drain).await.is_err() {
@@ -306,6 +403,59 @@ impl Worker {
             drained = false;
         }
         drained
+    }
+
+    /// Serves one accepted connection on its own task, holding `permit`
+    /// (a `server.max_connections` slot) until it ends.
+    fn spawn_connection(
+        &self,
+        builder: &auto::Builder<TokioExecutor>,
+        stream: TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        stop_rx: &watch::Receiver<bool>,
+        stream_budget: Duration,
+    ) {
+        let config = &self.config;
+        // Every response on this connection must be written by arrival +
+        // SLA + maximum stream duration, even if the client stops
+        // reading; every request head must come within the header
+        // timeout of the connection or of its last response.
+        let dog = Watchdog::with_head_timeout(config.server.header_read_timeout, Instant::now());
+        let svc = Connection {
+            app: self.app.clone(),
+            dog: Arc::clone(&dog),
+            budget: stream_budget,
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let mut stop = stop_rx.clone();
+        let serving = Serving::new(
+            conn,
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+            async move { dog.expired().await },
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            match serving.await {
+                Ended::Done(Ok(())) => {}
+                Ended::Done(Err(e)) => {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                // Dropping the connection future closes the socket.
+                Ended::Expired(Expired::Stream) => {
+                    tracing::warn!("response past its maximum stream duration: connection cut");
+                }
+                Ended::Expired(Expired::Head) => {
+                    tracing::debug!(
+                        "no request head within server.header_read_timeout: connection closed"
+                    );
+                }
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -1,4 +1,5 @@
-//! The maximum stream duration for clients that stop reading.
+//! The connection's deadlines: the maximum stream duration for clients that
+//! stop reading, and the time a client has to send its next request head.
 //!
 //! `HttpAttemptTimeout`'s body enforces `attempt.max_stream_duration`, but
 //! only while it is polled; a client that stops reading stops hyper's polls
@@ -14,19 +15,33 @@
 //! included; the body's own bound, which fires first whenever the client
 //! reads, keeps that to clients that have stopped reading.
 //!
+//! # The head deadline
+//!
+//! The same watchdog enforces `server.header_read_timeout`, which hyper's
+//! own option would enforce with a timer of its own for every request (a
+//! boxed `Sleep` made, registered and dropped per request head). A
+//! connection is given the timeout to send its first head when it is
+//! accepted, and again each time its last live response ends; a head that
+//! arrives ([`Watchdog::head_arrived`]) clears it. So, as with hyper's
+//! option, a client that sends its head too slowly, or leaves a keep-alive
+//! connection idle for longer than the timeout, is cut. An HTTP/2
+//! connection gets the deadline for its first request only (its streams
+//! are multiplexed: idleness between them is the protocol's business).
+//!
 //! # Cost per response
 //!
-//! A watch is a lock, a set insert and, at the end, a removal. The waiting
-//! task is woken only when a new deadline comes before the instant it will
-//! look anyway: on a keep-alive connection every response's deadline lies
-//! after the previous one's, so the task sleeps on until the earliest
-//! deadline it saw and then moves on to the earliest one still alive,
-//! instead of being woken (one more poll of the whole connection) by every
-//! request.
+//! A watch is a lock, a push on a short list and, at the end, a removal. The
+//! waiting task is woken only when a new deadline comes before the instant
+//! it will look anyway: on a keep-alive connection every response's deadline
+//! (and every head deadline) lies after the previous one's, so the task
+//! sleeps on until the earliest deadline it saw and then moves on to the
+//! earliest one still alive, instead of being woken (one more poll of the
+//! whole connection) by every request.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -34,11 +49,14 @@ use pin_project_lite::pin_project;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Deadlines of the response bodies alive on one connection.
+/// Deadlines of one connection: its live response bodies and its next
+/// request head.
 #[derive(Debug, Default)]
 pub struct Watchdog {
     state: Mutex<State>,
     changed: Notify,
+    /// `server.header_read_timeout`, if heads are watched.
+    head_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -49,34 +67,83 @@ struct State {
     /// a few), so a scan is cheaper than a tree's insert and removal, and
     /// the list keeps its one allocation for the connection's life.
     live: Vec<(Instant, u64)>,
-    /// When the waiting task looks at `live` next (it sleeps until then);
-    /// `None` while it waits for a notification only. A new deadline
+    /// When the next request head must have arrived, while one is awaited.
+    head: Option<Instant>,
+    /// HTTP/2: heads are no longer watched.
+    multiplexed: bool,
+    /// When the waiting task looks at the deadlines next (it sleeps until
+    /// then); `None` while it waits for a notification only. A new deadline
     /// before it (or any, when `None`) wakes the task.
     next_look: Option<Instant>,
 }
 
+impl State {
+    /// Records `deadline` as one the waiting task must see; whether the
+    /// task must be woken for it.
+    fn wake_for(&mut self, deadline: Instant) -> bool {
+        let wake = self.next_look.is_none_or(|at| deadline < at);
+        if wake {
+            self.next_look = Some(deadline);
+        }
+        wake
+    }
+}
+
+/// Which deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A response was still being written at its deadline.
+    Stream,
+    /// No complete request head arrived in time.
+    Head,
+}
+
 impl Watchdog {
-    /// A watchdog with nothing to watch.
+    /// A watchdog with nothing to watch and heads not watched.
     pub fn new() -> Arc<Self> {
         Arc::default()
+    }
+
+    /// A watchdog for a connection accepted now (at `accepted`): its first
+    /// request head, and each next one once no response is live, must
+    /// arrive within `head_timeout`.
+    pub fn with_head_timeout(head_timeout: Duration, accepted: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                head: Some(accepted + head_timeout),
+                ..State::default()
+            }),
+            changed: Notify::new(),
+            head_timeout: Some(head_timeout),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A request head arrived: no head is awaited until its response (and
+    /// any other live one) ends. `multiplexed` (HTTP/2): heads are not
+    /// watched from now on.
+    pub fn head_arrived(&self, multiplexed: bool) {
+        if self.head_timeout.is_some() {
+            let mut state = self.state();
+            state.head = None;
+            state.multiplexed |= multiplexed;
+        }
     }
 
     /// Watches a response that must be finished by `deadline`; dropping the
     /// [`Watch`] stops watching it.
     pub fn watch(self: &Arc<Self>, deadline: Instant) -> Watch {
         let (key, wake) = {
-            let mut state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut state = self.state();
             let key = (deadline, state.next_id);
             state.next_id += 1;
             state.live.push(key);
-            let wake = state.next_look.is_none_or(|at| deadline < at);
-            if wake {
-                state.next_look = Some(deadline);
-            }
-            (key, wake)
+            (key, state.wake_for(deadline))
         };
         if wake {
             self.changed.notify_waiters();
@@ -89,35 +156,34 @@ impl Watchdog {
 
     /// How many responses are watched now.
     pub fn watched(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .live
-            .len()
+        self.state().live.len()
     }
 
-    /// The earliest live deadline, which the waiting task will look at
-    /// next (recorded for [`watch`](Self::watch)).
-    fn next_look(&self) -> Option<Instant> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let earliest = state.live.iter().map(|(at, _)| *at).min();
-        state.next_look = earliest;
+    /// The earliest deadline, which the waiting task will look at next
+    /// (recorded for [`watch`](Self::watch)), and which one it is.
+    fn next_look(&self) -> Option<(Instant, Expired)> {
+        let mut state = self.state();
+        let stream = state.live.iter().map(|(at, _)| *at).min();
+        let earliest = match (stream, state.head) {
+            (Some(s), Some(h)) if h < s => Some((h, Expired::Head)),
+            (Some(s), _) => Some((s, Expired::Stream)),
+            (None, h) => h.map(|h| (h, Expired::Head)),
+        };
+        state.next_look = earliest.map(|(at, _)| at);
         earliest
     }
 
-    /// Resolves once a watched response is still alive at its deadline.
-    pub async fn expired(&self) {
+    /// Resolves once a watched response is still alive at its deadline, or
+    /// an awaited request head has not arrived by its own.
+    pub async fn expired(&self) -> Expired {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             // Registered before reading the state, so no change is missed.
             changed.as_mut().enable();
             match self.next_look() {
-                Some(at) if at <= Instant::now() => return,
-                Some(at) => {
+                Some((at, which)) if at <= Instant::now() => return which,
+                Some((at, _)) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(at) => {}
                         () = &mut changed => {}
@@ -130,7 +196,8 @@ impl Watchdog {
 }
 
 /// One watched response; dropping it (the body ended or was dropped) stops
-/// the watch.
+/// the watch, and when it was the last one live, starts the wait for the
+/// next request head.
 #[derive(Debug)]
 pub struct Watch {
     dog: Arc<Watchdog>,
@@ -139,13 +206,23 @@ pub struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut state = self
-            .dog
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(i) = state.live.iter().position(|k| *k == self.key) {
-            state.live.swap_remove(i);
+        let dog = &*self.dog;
+        let wake = {
+            let mut state = dog.state();
+            if let Some(i) = state.live.iter().position(|k| *k == self.key) {
+                state.live.swap_remove(i);
+            }
+            match dog.head_timeout {
+                Some(timeout) if state.live.is_empty() && !state.multiplexed => {
+                    let by = Instant::now() + timeout;
+                    state.head = Some(by);
+                    state.wake_for(by)
+                }
+                _ => false,
+            }
+        };
+        if wake {
+            dog.changed.notify_waiters();
         }
     }
 }
@@ -297,5 +374,64 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_ready!(expired.poll());
         drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_does_not_come_trips_the_head_deadline() {
+        let start = Instant::now();
+        let dog = Watchdog::with_head_timeout(Duration::from_secs(10), start);
+        let mut expired = task::spawn(dog.expired());
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(assert_ready!(expired.poll()), Expired::Head);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heads_clear_the_deadline_and_ended_responses_restart_it() {
+        let start = Instant::now();
+        let head = Duration::from_secs(10);
+        let dog = Watchdog::with_head_timeout(head, start);
+        let mut expired = task::spawn(dog.expired());
+        assert_pending!(expired.poll());
+        // The first head comes at 4 s; its response lives until 30 s: no
+        // head is awaited meanwhile, whatever the time.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        dog.head_arrived(false);
+        let response = dog.watch(start + Duration::from_secs(600));
+        tokio::time::advance(Duration::from_secs(26)).await;
+        assert_pending!(expired.poll());
+        // It ends at 30 s: the next head is due by 40 s.
+        drop(response);
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(assert_ready!(expired.poll()), Expired::Head);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_stream_is_told_from_a_late_head() {
+        let start = Instant::now();
+        let dog = Watchdog::with_head_timeout(Duration::from_secs(10), start);
+        dog.head_arrived(false);
+        let _stuck = dog.watch(start + Duration::from_secs(20));
+        let mut expired = task::spawn(dog.expired());
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(assert_ready!(expired.poll()), Expired::Stream);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_connections_are_not_cut_for_idling_between_streams() {
+        let start = Instant::now();
+        let dog = Watchdog::with_head_timeout(Duration::from_secs(10), start);
+        dog.head_arrived(true);
+        drop(dog.watch(start + Duration::from_secs(60)));
+        let mut expired = task::spawn(dog.expired());
+        assert_pending!(expired.poll());
+        tokio::time::advance(Duration::from_secs(3_600)).await;
+        assert_pending!(expired.poll());
     }
 }

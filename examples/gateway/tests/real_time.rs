@@ -587,6 +587,40 @@ async fn inbound_hardening_header_size_and_read_timeout() {
         "{:?}",
         start.elapsed()
     );
+    // A keep-alive connection: each head may take up to the timeout after
+    // the previous response, and one that stays idle longer is closed.
+    let mut s = TcpStream::connect(&p.addr).await.unwrap();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The whole response: its head, then content-length bytes.
+        let mut res = Vec::new();
+        let mut byte = [0u8; 1];
+        while !res.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).await.unwrap();
+            res.push(byte[0]);
+        }
+        let head = String::from_utf8(res).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let len: usize = head
+            .split("content-length: ")
+            .nth(1)
+            .and_then(|r| r.split("\r\n").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{head}"));
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+    }
+    let start = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "idle connection still open after 10 s");
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
