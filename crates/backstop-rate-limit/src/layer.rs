@@ -122,6 +122,19 @@ impl<C, Kf, St, A> RateLimitLayer<C, Kf, St, A> {
         }
     }
 
+    /// Hands each admitted request's [`Reservation`] to `attach`, an
+    /// [`Attach`](crate::Attach) policy of the caller's own: for what
+    /// [`attach_reservation`](Self::attach_reservation) and
+    /// [`reservation_in_extensions`](Self::reservation_in_extensions) do
+    /// not cover, such as several limiters' reservations gathered in one
+    /// place, refunded when no response arrives.
+    pub fn attach<A2>(self, attach: A2) -> RateLimitLayer<C, Kf, St, A2> {
+        RateLimitLayer {
+            shared: self.shared,
+            attach,
+        }
+    }
+
     /// Inserts each admitted request's [`Reservation<St>`] into its
     /// `http::Response` extensions, so that whoever reads the response's usage
     /// can settle it. If nobody does, the reserved cost stands.

@@ -1,5 +1,5 @@
 use std::future::{Ready, ready};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use backstop_core::{
@@ -9,7 +9,7 @@ use backstop_core::{
 use backstop_test_util::call_with_ticket;
 use tokio::time::{Duration, Instant, advance};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
-use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 use crate::*;
 
@@ -1041,6 +1041,63 @@ async fn settled_reservations_are_refunded_when_no_response_arrives() {
     let mut svc = ten_per_second(inner);
     assert!(svc.call(http::Request::new(())).await.is_err());
     assert_eq!(svc.store().wait_for(1), 100 * MS);
+}
+
+/// A policy of the caller's own ([`RateLimitLayer::attach`]): two limiters
+/// gather their reservations in one list, and an error refunds both.
+#[derive(Clone, Copy)]
+struct Gather;
+
+impl Attach<Vec<Reservation<GcraStore>>, GcraStore> for Gather {
+    fn attach(
+        &self,
+        response: &mut Vec<Reservation<GcraStore>>,
+        make: impl FnOnce() -> Reservation<GcraStore>,
+    ) {
+        response.push(make());
+    }
+
+    fn refund_on_error(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_attach_policy_gathers_and_refunds() {
+    let outer = RateLimitLayer::per_second(10).burst(2).build().unwrap();
+    let inner = RateLimitLayer::per_second(10).burst(2).build().unwrap();
+    let (outer_store, inner_store) = (Arc::clone(outer.store()), Arc::clone(inner.store()));
+    let fail = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&fail);
+    let mut svc = ServiceBuilder::new()
+        .layer(outer.attach(Gather))
+        .layer(inner.attach(Gather))
+        .service(service_fn(move |_n: u64| {
+            let failed = f.load(Ordering::SeqCst);
+            ready(if failed {
+                Err::<Vec<Reservation<GcraStore>>, BoxError>("connect error".into())
+            } else {
+                Ok(Vec::new())
+            })
+        }));
+    let got = svc.call(1).await.unwrap();
+    assert_eq!(
+        got.len(),
+        2,
+        "both limiters' reservations, none overwritten"
+    );
+    assert_eq!(outer_store.wait_for(2), 100 * MS);
+    assert_eq!(inner_store.wait_for(2), 100 * MS);
+    for r in &got {
+        assert!(r.refund());
+    }
+    assert_eq!(outer_store.wait_for(2), Duration::ZERO);
+    assert_eq!(inner_store.wait_for(2), Duration::ZERO);
+    // No response at all: both given back.
+    fail.store(true, Ordering::SeqCst);
+    assert!(svc.call(1).await.is_err());
+    assert_eq!(outer_store.wait_for(2), Duration::ZERO);
+    assert_eq!(inner_store.wait_for(2), Duration::ZERO);
 }
 
 // === Store errors ===

@@ -35,7 +35,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::{Config, Jitter};
 use crate::service::{HttpApp, RequestBody};
-use crate::tokens::{CollectLayer, SettleLayer, TokenEstimate, estimate};
+use crate::tokens::{GatherReservations, SettleLayer, TokenEstimate, estimate};
 use crate::trace::{CountErrorsLayer, RequestMeta, TraceLayer};
 use crate::upstream::{AnyUpstream, ForwardLayer};
 
@@ -199,7 +199,7 @@ pub fn build(
                 .name("tpm")
                 .build()
                 .map_err(key("rate_limit"))?
-                .reservation_in_extensions(),
+                .attach(GatherReservations),
         ),
     };
     let concurrency = ConcurrencyLimitLayer::new(config.max_in_flight)
@@ -274,8 +274,7 @@ pub fn build(
         };
         let per_client_tokens = match c_tpm {
             None => None,
-            Some(n) => Some((
-                CollectLayer,
+            Some(n) => Some(
                 RateLimitLayer::per_minute(n)
                     .burst(n)
                     .cost_fn(
@@ -284,8 +283,8 @@ pub fn build(
                     .name("client_tpm")
                     .build()
                     .map_err(|e| client_key("tokens_per_minute", e))?
-                    .reservation_in_extensions(),
-            )),
+                    .attach(GatherReservations),
+            ),
         };
         let stack = ServiceBuilder::new()
             // Boxed here, once: the handler and the outer layers move the
@@ -302,7 +301,7 @@ pub fn build(
             .option_layer(per_client_requests)
             .option_layer(per_client_tokens)
             .layer(rpm.clone())
-            .option_layer(tpm.clone().map(|t| (CollectLayer, t)))
+            .option_layer(tpm.clone())
             .layer(concurrency.clone())
             // Every attempt's outcome feeds readiness, timeouts included.
             .map_result({

@@ -1,22 +1,19 @@
 //! Token estimate, and settling the token reservations from the response's
 //! usage.
 //!
-//! The TPM limiters put their [`Reservation`] into the response extensions
-//! ([`RateLimitLayer::reservation_in_extensions`]); [`CollectLayer`], right
-//! outside each, moves it into [`Reservations`] (two limiters would
-//! otherwise overwrite each other's). [`SettleLayer`], between Retry and
+//! The TPM limiters put their [`Reservation`] into the response's
+//! [`Reservations`], one extension entry for both ([`GatherReservations`]).
+//! [`SettleLayer`], between Retry and
 //! QueueAdmission, sees every attempt's response: no 2xx refunds them all;
 //! a 2xx gets a [`SettleBody`] that reads `usage.total_tokens` from the JSON
 //! body or the SSE chunk that carries it and settles them. No usage: the
 //! estimate stands.
-//!
-//! [`RateLimitLayer::reservation_in_extensions`]: backstop::rate_limit::RateLimitLayer::reservation_in_extensions
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use backstop::rate_limit::{GcraStore, Reservation};
+use backstop::rate_limit::{Attach, GcraStore, Reservation};
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -57,7 +54,7 @@ pub fn estimate(
     prompt.saturating_add(completion)
 }
 
-/// The reservations of one attempt, moved out of the limiters' extensions.
+/// The reservations of one attempt, gathered by [`GatherReservations`].
 ///
 /// A plain value (a reservation is one `Arc`, so this is `Clone` as
 /// extensions need): the gateway's stack has at most two TPM limiters
@@ -86,68 +83,25 @@ impl Reservations {
     }
 }
 
-/// Moves a TPM limiter's reservation into [`Reservations`].
+/// The TPM limiters' reservation policy
+/// ([`RateLimitLayer::attach`](backstop::rate_limit::RateLimitLayer::attach)):
+/// each admitted request's [`Reservation`] joins the response's
+/// [`Reservations`] (one extension entry for both limiters), and a request
+/// that gets no response at all (a connect error, a timeout) gives it back
+/// in full, as a non-2xx does in [`Settle`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CollectLayer;
+pub struct GatherReservations;
 
-impl<S> Layer<S> for CollectLayer {
-    type Service = Collect<S>;
-    fn layer(&self, inner: S) -> Collect<S> {
-        Collect { inner }
-    }
-}
-
-/// See [`CollectLayer`].
-#[derive(Debug, Clone)]
-pub struct Collect<S> {
-    inner: S,
-}
-
-impl<S, B, RB> Service<Request<B>> for Collect<S>
-where
-    S: Service<Request<B>, Response = Response<RB>>,
-{
-    type Response = Response<RB>;
-    type Error = S::Error;
-    type Future = CollectFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+impl<B> Attach<Response<B>, GcraStore> for GatherReservations {
+    fn attach(&self, response: &mut Response<B>, make: impl FnOnce() -> Reservation<GcraStore>) {
+        response
+            .extensions_mut()
+            .get_or_insert_default::<Reservations>()
+            .push(make());
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        CollectFuture {
-            fut: self.inner.call(req),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Future of [`Collect`].
-    ///
-    /// # Cancellation
-    ///
-    /// Holds only the inner future.
-    #[allow(missing_debug_implementations)]
-    pub struct CollectFuture<F> {
-        #[pin]
-        fut: F,
-    }
-}
-
-impl<F, RB, E> Future for CollectFuture<F>
-where
-    F: Future<Output = Result<Response<RB>, E>>,
-{
-    type Output = F::Output;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let mut res = ready!(self.project().fut.poll(cx))?;
-        if let Some(r) = res.extensions_mut().remove::<Reservation<GcraStore>>() {
-            res.extensions_mut()
-                .get_or_insert_default::<Reservations>()
-                .push(r);
-        }
-        Poll::Ready(Ok(res))
+    fn refund_on_error(&self) -> bool {
+        true
     }
 }
 

@@ -555,6 +555,60 @@ async fn tokens_reserved_then_settled_from_usage() {
     );
 }
 
+/// A client's TPM limiter and the global one each hold a reservation for
+/// the same request: both settle from the one usage, and both are refunded
+/// when no response arrives.
+#[tokio::test(start_paused = true)]
+async fn client_and_global_token_limits_settle_and_refund_together() {
+    let mock = MockUpstream::new();
+    mock.fallback(Step::ok(USAGE));
+    let text = format!(
+        "{BASE}{}",
+        r#"
+[rate_limit]
+tokens_per_minute = 1000
+[admission]
+queue_timeout = "0s"
+[[clients]]
+name = "acme"
+key_env = "ACME_KEY"
+tokens_per_minute = 950
+"#
+    );
+    let app = gateway(
+        &Config::from_toml(&text, &env).unwrap(),
+        mock_upstream(&mock),
+    );
+    let with = |body: &'static str| {
+        let mut r = chat(body);
+        r.headers_mut()
+            .insert("authorization", "Bearer acme-secret".parse().unwrap());
+        r
+    };
+    // 907 tokens estimated, 10 used: both limits get 897 back each time,
+    // so every next request fits at once in either.
+    let body = r#"{"model":"m","max_tokens":900}"#;
+    for _ in 0..4 {
+        assert_eq!(send(&app.router, with(body)).await.0, StatusCode::OK);
+    }
+    // No response at all: both reservations come back in full.
+    mock.fallback(Step::Fail {
+        delay: Duration::from_millis(1),
+    });
+    for _ in 0..3 {
+        let (s, h, b) = send(&app.router, with(body)).await;
+        assert_generated(s, &h, &b, StatusCode::BAD_GATEWAY, "upstream_failure");
+    }
+    // Without usage the estimate stands in both: the next one cannot fit
+    // in the client's 950.
+    mock.fallback(Step::ok("{}"));
+    assert_eq!(send(&app.router, with(body)).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app.router, with(body)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn tokens_refunded_without_2xx_and_over_burst_is_400() {
     let mock = MockUpstream::new();
