@@ -1,11 +1,12 @@
 //! The router: the whole stack in DESIGN's order.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
@@ -30,6 +31,7 @@ use backstop_health::Readiness;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{Either, Full};
+use thread_local::ThreadLocal;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -341,13 +343,22 @@ pub fn build(
     let v1 = Routes(Arc::new(RoutesInner {
         gw: Arc::clone(&gw),
         stacks,
+        local: ThreadLocal::new(),
     }));
     let others = router(gw, &v1);
     let http = HttpApp::new(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new().http())
             .layer(TraceLayer::new(options.shutdown).direct_log(options.direct_log))
-            .service_fn(move |req| dispatch(v1.clone(), others.clone(), req)),
+            .service_fn(move |req: http::Request<RequestBody>| {
+                // One `Arc` taken per request: the one its route needs.
+                let route = if is_v1(req.method(), req.uri().path()) {
+                    Route::V1(v1.clone())
+                } else {
+                    Route::Other(others.clone())
+                };
+                dispatch(route, req)
+            }),
     );
     let router = Router::new().fallback_service(http.clone());
     Ok(App {
@@ -402,8 +413,7 @@ fn is_v1(method: &Method, path: &str) -> bool {
 /// The innermost of the outer layers: the `/v1` routes by hand, the rest
 /// through the axum router.
 async fn dispatch<S>(
-    v1: Routes<S>,
-    others: Router,
+    route: Route<S>,
     req: http::Request<RequestBody>,
 ) -> Result<Response, Infallible>
 where
@@ -414,26 +424,38 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    if is_v1(req.method(), req.uri().path()) {
+    match route {
         // The stack's answer, or one the gateway made.
-        Ok(v1.v1(req).await.unwrap_or_else(|generated| generated))
-    } else {
-        others.oneshot(req).await
+        Route::V1(v1) => Ok(v1.v1(req).await.unwrap_or_else(|generated| generated)),
+        Route::Other(others) => others.oneshot(req).await,
     }
 }
 
-/// The `/v1` routes: what they share and the per-client stacks.
-struct Routes<S>(Arc<RoutesInner<S>>);
+/// Where [`dispatch`] sends a request.
+enum Route<S: Send> {
+    /// A `/v1` route on its method.
+    V1(Routes<S>),
+    /// Everything else: the axum router.
+    Other(Router),
+}
 
-impl<S> Clone for Routes<S> {
+/// The `/v1` routes: what they share and the per-client stacks.
+struct Routes<S: Send>(Arc<RoutesInner<S>>);
+
+impl<S: Send> Clone for Routes<S> {
     fn clone(&self) -> Self {
         Self(Arc::clone(&self.0))
     }
 }
 
-struct RoutesInner<S> {
+struct RoutesInner<S: Send> {
     gw: Arc<Gateway>,
     stacks: Vec<S>,
+    /// Each calling thread's copy of `stacks`, called in place: a clone of
+    /// a stack per request counted some thirty shared `Arc`s up and down
+    /// (see [`HttpApp`]'s module docs). A copy shares every limiter, queue
+    /// and budget with the others.
+    local: ThreadLocal<RefCell<Vec<S>>>,
 }
 
 fn request_id<B>(req: &http::Request<B>) -> Option<RequestId> {
@@ -720,22 +742,55 @@ where
             .get_or_insert_with(|| RequestMeta::new(Instant::now()))
             .tokens = TokenEstimate(est);
         let req = http::Request::from_parts(parts, Full::new(bytes));
-        let mut stack = self.0.stacks[client].clone();
-        if let Err(never) = stack.ready().await {
-            match never {}
-        }
         // The deadline counts from the head's arrival: the stack's SLA
         // layer reads it from the context in its `call()`, and every layer
         // that needs the context later captured it there and scopes its own
         // polls, so only the call is scoped here.
-        let ctx = Context::current().with_sla_deadline(deadline);
-        // The stack's future is several KiB: boxed where it is made, so the
-        // futures of this handler and of the outer layers stay small (each
-        // of them is moved as it is built).
-        let fut = Box::pin(ctx.sync_scope(|| stack.call(req)));
+        let fut = match self.call_local(client, req, deadline) {
+            Ok(fut) => fut,
+            Err(req) => {
+                let ctx = Context::current().with_sla_deadline(deadline);
+                // Not ready at once (no layer of the stack makes that
+                // happen today): a clone of the stack, awaited.
+                let mut stack = self.0.stacks[client].clone();
+                if let Err(never) = stack.ready().await {
+                    match never {}
+                }
+                Box::pin(ctx.sync_scope(|| stack.call(req)))
+            }
+        };
         match fut.await {
             Ok(res) => Ok(res),
             Err(never) => match never {},
+        }
+    }
+
+    /// Calls the client's stack, this thread's copy, if it is ready now;
+    /// else gives the request back.
+    ///
+    /// The stack's future is several KiB: boxed where it is made, so the
+    /// futures of the handler and of the outer layers stay small (each of
+    /// them is moved as it is built).
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
+    fn call_local(
+        &self,
+        client: usize,
+        req: http::Request<Full<Bytes>>,
+        deadline: Instant,
+    ) -> Result<Pin<Box<S::Future>>, http::Request<Full<Bytes>>> {
+        let local = self.0.local.get_or(|| RefCell::new(self.0.stacks.clone()));
+        // Busy only if the stack called the app again on this thread.
+        let Ok(mut stacks) = local.try_borrow_mut() else {
+            return Err(req);
+        };
+        let stack = &mut stacks[client];
+        match stack.poll_ready(&mut std::task::Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => {
+                let ctx = Context::current().with_sla_deadline(deadline);
+                Ok(Box::pin(ctx.sync_scope(|| stack.call(req))))
+            }
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Err(req),
         }
     }
 }
