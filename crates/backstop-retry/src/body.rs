@@ -149,6 +149,17 @@ pub(crate) enum Collected<B: Body> {
     Failed(Bytes, B::Error),
 }
 
+impl<B: Body> Collected<B> {
+    /// The body to replay: what was read, and what was not.
+    pub(crate) fn into_spliced(self) -> Spliced<B> {
+        match self {
+            Collected::Full(data, trailers) => Spliced::full(data, trailers),
+            Collected::Over(data, rest) => Spliced::partial(data, Some(rest), None),
+            Collected::Failed(data, e) => Spliced::partial(data, None, Some(e)),
+        }
+    }
+}
+
 /// Reads a body into memory up to `limit` bytes (a body that ends within the
 /// limit is complete; one that passes it is read no further).
 pub(crate) struct Collector {

@@ -3,9 +3,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context as TaskContext, Poll, ready};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll, Waker, ready};
 
 use backstop_core::{Attempt, Context, Scoped};
 use pin_project_lite::pin_project;
@@ -46,7 +46,11 @@ pin_project! {
         shared: Arc<Shared>,
         ctx: Context,
         policy: P,
-        svc: S,
+        // The service the next attempt is called on: the future's own
+        // clone. `None` when the first attempt was called in `call()`; a
+        // retry then clones one from `source`.
+        svc: Option<S>,
+        source: Source<S>,
         // The copy to replay, if the policy could make one.
         template: Option<Req>,
         // The previous attempt's outcome, kept while the next one runs
@@ -71,23 +75,97 @@ pin_project! {
     }
 }
 
+/// A retry service's inner service, shared by its clones and by the futures
+/// they made: what a retry clones its own service from.
+///
+/// Each request used to clone the inner service into its future, so that
+/// every attempt could be called from the future: for a stack of layers, a
+/// few dozen `Arc` counts up and down per request, on counts every thread
+/// shares. Now the first attempt is called in `call()` on the caller's own
+/// service (when it is ready at once, which a stack of backstop layers
+/// always is), and a future clones a service from here only when it
+/// actually retries.
+pub(crate) struct Source<S>(Arc<Mutex<S>>);
+
+impl<S> Source<S> {
+    pub(crate) fn new(svc: S) -> Self {
+        Self(Arc::new(Mutex::new(svc)))
+    }
+
+    /// A clone of the service, for a future's attempts.
+    fn take_clone(&self) -> S
+    where
+        S: Clone,
+    {
+        // Held only to clone: no panic can leave it half-changed.
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl<S> Clone for Source<S> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
 impl<P, S, Req> ResponseFuture<P, S, Req>
 where
     P: Policy<Req, S::Response, S::Error>,
-    S: Service<Req>,
+    S: Service<Req> + Clone,
 {
-    pub(crate) fn new(req: Req, svc: S, policy: P, shared: Arc<Shared>, ctx: Context) -> Self {
+    /// Starts a request on `svc` (the retry service's own inner service):
+    /// the first attempt is called now, inside its attempt scope, if `svc`
+    /// is ready at once; otherwise the future drives readiness on a clone
+    /// of its own, as it does for every retry.
+    pub(crate) fn start(
+        req: Req,
+        svc: &mut S,
+        source: &Source<S>,
+        policy: P,
+        shared: Arc<Shared>,
+        ctx: Context,
+    ) -> Self {
         let template = if shared.config.max_attempts > 1 {
             policy.clone_request(&req)
         } else {
             None
         };
+        let actx = ctx.clone().with_attempt(Attempt(1));
+        let mut noop = TaskContext::from_waker(Waker::noop());
+        // One scope around readiness and the call, as for later attempts.
+        let called = actx.sync_scope_in_place(|| match svc.poll_ready(&mut noop) {
+            Poll::Ready(Ok(())) => Ok(svc.call(req)),
+            // Not ready, or failed: the future asks again, with a waker that
+            // wakes it, and the policy judges a failure.
+            _ => Err(req),
+        });
+        let (state, svc) = match called {
+            Ok(fut) => (
+                State::Calling {
+                    fut: actx.scope(fut),
+                },
+                None,
+            ),
+            Err(req) => {
+                // The future takes the instance that was asked (a service
+                // may have queued for capacity in `poll_ready`: its place
+                // in that queue goes with it), and a clone takes its place
+                // (tower's `Buffer` and `Retry` idiom).
+                let fresh = svc.clone();
+                let asked = std::mem::replace(svc, fresh);
+                (State::Ready { next: Some(req) }, Some(asked))
+            }
+        };
         Self {
-            state: State::Ready { next: Some(req) },
+            state,
             shared,
             ctx,
             policy,
             svc,
+            source: source.clone(),
             template,
             last: None,
             attempt: 1,
@@ -99,7 +177,7 @@ where
 impl<P, S, Req> Future for ResponseFuture<P, S, Req>
 where
     P: Policy<Req, S::Response, S::Error>,
-    S: Service<Req>,
+    S: Service<Req> + Clone,
 {
     type Output = Result<S::Response, S::Error>;
 
@@ -109,7 +187,8 @@ where
             let outcome = match this.state.as_mut().project() {
                 StateProj::Ready { next } => {
                     let actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
-                    let svc = &mut *this.svc;
+                    let source = &*this.source;
+                    let svc = this.svc.get_or_insert_with(|| source.take_clone());
                     // One scope around readiness and the call.
                     let called = actx.sync_scope_in_place(|| match svc.poll_ready(cx) {
                         Poll::Pending => None,

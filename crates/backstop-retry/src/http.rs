@@ -18,7 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Collected, Collector, ReplayBody, ResponseBody, Spliced};
-use crate::future::ResponseFuture;
+use crate::future::{ResponseFuture, Source};
 use crate::layer::{Generic, RetryLayerBuilder, RetryStats, Shared};
 use crate::policy::{Action, AsError, Policy, decide_error};
 
@@ -121,6 +121,7 @@ pub struct HttpRetry<S> {
     inner: Inspect<S>,
     shared: Arc<Shared>,
     max_replay_bytes: usize,
+    source: Source<Inspect<S>>,
 }
 
 /// Wraps the inner service: buffers the body of a 408/409/429 (up to 64 KiB)
@@ -198,6 +199,7 @@ struct Pending<S, B> {
     body: Option<B>,
     collector: Collector,
     svc: Inspect<S>,
+    source: Source<Inspect<S>>,
     shared: Arc<Shared>,
     ctx: Context,
 }
@@ -251,12 +253,15 @@ impl Clone for HttpRetryLayer {
     }
 }
 
-impl<S> Layer<S> for HttpRetryLayer {
+/// `S: Clone`: a retry calls a clone of the inner service.
+impl<S: Clone> Layer<S> for HttpRetryLayer {
     type Service = HttpRetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let inner = Inspect { inner };
         HttpRetry {
-            inner: Inspect { inner },
+            source: Source::new(inner.clone()),
+            inner,
             shared: Arc::clone(&self.shared),
             max_replay_bytes: self.max_replay_bytes,
         }
@@ -303,6 +308,7 @@ impl<S: Clone> Clone for HttpRetry<S> {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
             max_replay_bytes: self.max_replay_bytes,
+            source: self.source.clone(),
         }
     }
 }
@@ -313,7 +319,8 @@ impl<S: fmt::Debug> fmt::Debug for HttpRetry<S> {
             .field("inner", &self.inner.inner)
             .field("shared", &*self.shared)
             .field("max_replay_bytes", &self.max_replay_bytes)
-            .finish()
+            // `source` is a copy of `inner`, for retries.
+            .finish_non_exhaustive()
     }
 }
 
@@ -338,35 +345,47 @@ where
         let (parts, body) = req.into_parts();
         let no_replay = self.shared.config.max_attempts == 1
             || body.size_hint().lower() > self.max_replay_bytes as u64;
-        if no_replay || body.is_end_stream() {
-            let body = if no_replay {
-                Spliced::streaming(body)
-            } else {
-                Spliced::full(bytes::Bytes::new(), None)
-            };
-            let req = Request::from_parts(parts, ReplayBody::new(body));
-            return HttpResponseFuture {
-                state: HttpState::Running {
-                    fut: ResponseFuture::new(
-                        req,
-                        self.inner.clone(),
-                        HttpPolicy::default(),
-                        Arc::clone(&self.shared),
-                        ctx,
-                    ),
-                },
-            };
-        }
+        let body = if no_replay {
+            Spliced::streaming(body)
+        } else if body.is_end_stream() {
+            Spliced::full(bytes::Bytes::new(), None)
+        } else {
+            // A body that is all there (a buffered one) is collected now,
+            // so the first attempt can be called now too; one that has to
+            // be waited for is collected by the future.
+            let mut collector = Collector::new(self.max_replay_bytes);
+            let mut body = Some(body);
+            let mut noop = TaskContext::from_waker(std::task::Waker::noop());
+            match collector.poll(&mut body, &mut noop) {
+                Poll::Ready(collected) => collected.into_spliced(),
+                Poll::Pending => {
+                    return HttpResponseFuture {
+                        state: HttpState::Buffering {
+                            pending: Some(Pending {
+                                parts,
+                                body,
+                                collector,
+                                svc: self.inner.clone(),
+                                source: self.source.clone(),
+                                shared: Arc::clone(&self.shared),
+                                ctx,
+                            }),
+                        },
+                    };
+                }
+            }
+        };
+        let req = Request::from_parts(parts, ReplayBody::new(body));
         HttpResponseFuture {
-            state: HttpState::Buffering {
-                pending: Some(Pending {
-                    parts,
-                    body: Some(body),
-                    collector: Collector::new(self.max_replay_bytes),
-                    svc: self.inner.clone(),
-                    shared: Arc::clone(&self.shared),
+            state: HttpState::Running {
+                fut: ResponseFuture::start(
+                    req,
+                    &mut self.inner,
+                    &self.source,
+                    HttpPolicy::default(),
+                    Arc::clone(&self.shared),
                     ctx,
-                }),
+                ),
             },
         }
     }
@@ -376,7 +395,7 @@ where
 
 impl<S, B, RB> Future for HttpResponseFuture<S, B, RB>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
     S::Error: AsError,
     B: Body + Unpin,
     RB: Body + Unpin,
@@ -393,19 +412,16 @@ where
                         unreachable!("taken only when the state changes")
                     };
                     let collected = ready!(p.collector.poll(&mut p.body, cx));
-                    let Some(p) = pending.take() else {
+                    let Some(mut p) = pending.take() else {
                         unreachable!("checked above")
                     };
-                    let body = match collected {
-                        Collected::Full(data, trailers) => Spliced::full(data, trailers),
-                        Collected::Over(data, rest) => Spliced::partial(data, Some(rest), None),
-                        Collected::Failed(data, e) => Spliced::partial(data, None, Some(e)),
-                    };
-                    let req = Request::from_parts(p.parts, ReplayBody::new(body));
+                    let req =
+                        Request::from_parts(p.parts, ReplayBody::new(collected.into_spliced()));
                     this.state.set(HttpState::Running {
-                        fut: ResponseFuture::new(
+                        fut: ResponseFuture::start(
                             req,
-                            p.svc,
+                            &mut p.svc,
+                            &p.source,
                             HttpPolicy::default(),
                             p.shared,
                             p.ctx,

@@ -132,7 +132,8 @@ impl<P: Clone> Clone for RetryLayer<P> {
     }
 }
 
-impl<P: Clone, S> Layer<S> for RetryLayer<P> {
+/// `S: Clone`: a retry calls a clone of the inner service.
+impl<P: Clone, S: Clone> Layer<S> for RetryLayer<P> {
     type Service = Retry<P, S>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -146,17 +146,22 @@
 //!
 //! # Clone and shared state
 //!
-//! `poll_ready` is always ready and reserves nothing; the response future
-//! drives `ready()` and `call()` on its own clone of the inner service for
-//! every attempt (`S: Clone`). One layer value is one budget, one RNG and one
+//! `poll_ready` is always ready and reserves nothing. `call()` calls the
+//! first attempt on the inner service itself when it is ready at once (a
+//! stack of backstop layers always is); otherwise, and for every retry, the
+//! response future drives `ready()` and `call()` on a clone of the inner
+//! service of its own (`S: Clone`), taken only when needed. One layer value
+//! is one budget, one RNG and one
 //! set of counters: every service it builds, and every clone of those,
 //! shares them (an `Arc`). Two layers, two budgets.
 //!
 //! # Allocation
 //!
-//! None of its own on the success path: the response future holds an `Arc`
-//! clone, the context (reference-counted), a clone of the policy and of the
-//! inner service. When `max_attempts > 1` the request is cloned once up front
+//! None of its own on the success path: the response future holds two `Arc`
+//! clones (the budget and the shared copy of the inner service that retries
+//! clone from), the context (reference-counted) and a clone of the policy;
+//! the inner service is cloned only for a retry, or when it was not ready at
+//! once. When `max_attempts > 1` the request is cloned once up front
 //! for replay ([`Policy::clone_request`]), and once more per retry; for HTTP
 //! that clones the head (method, URI, headers, extensions) and a buffered
 //! body (reference-counted `Bytes`, plus one copy when the body came in

@@ -7,27 +7,33 @@ use std::task::{Context as TaskContext, Poll};
 use backstop_core::{Context, clock};
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
+use crate::future::{ResponseFuture, Source};
 use crate::layer::{RetryStats, Shared};
 use crate::policy::Policy;
 
 /// Retries a service's failed attempts per a [`Policy`], with backoff and
 /// jitter, paid from a shared budget, within the request's SLA deadline.
 ///
-/// `poll_ready` is always ready and reserves nothing; the response future
-/// drives `ready()` and `call()` on its own clone of the inner service for
-/// every attempt (so `S: Clone`).
+/// `poll_ready` is always ready and reserves nothing. `call()` calls the
+/// first attempt on the inner service when it is ready at once; otherwise,
+/// and for every retry, the response future drives `ready()` and `call()`
+/// on a clone of the inner service of its own (so `S: Clone`).
 ///
 /// See the [crate docs](crate) for an example.
 pub struct Retry<P, S> {
     inner: S,
     policy: P,
     shared: Arc<Shared>,
+    source: Source<S>,
 }
 
 impl<P, S> Retry<P, S> {
-    pub(crate) fn new(inner: S, policy: P, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, policy: P, shared: Arc<Shared>) -> Self
+    where
+        S: Clone,
+    {
         Self {
+            source: Source::new(inner.clone()),
             inner,
             policy,
             shared,
@@ -62,6 +68,7 @@ impl<P: Clone, S: Clone> Clone for Retry<P, S> {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
             shared: Arc::clone(&self.shared),
+            source: self.source.clone(),
         }
     }
 }
@@ -76,15 +83,16 @@ where
     type Future = ResponseFuture<P, S, Req>;
 
     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        // Contract 2: nothing reserved here; the future drives its own clone.
+        // Contract 2: nothing reserved here; `call()` asks the inner service.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         self.shared.budget.deposit(clock::now());
-        ResponseFuture::new(
+        ResponseFuture::start(
             req,
-            self.inner.clone(),
+            &mut self.inner,
+            &self.source,
             self.policy.clone(),
             Arc::clone(&self.shared),
             Context::current(),
@@ -98,6 +106,7 @@ impl<P: fmt::Debug, S: fmt::Debug> fmt::Debug for Retry<P, S> {
             .field("inner", &self.inner)
             .field("policy", &self.policy)
             .field("shared", &*self.shared)
-            .finish()
+            // `source` is a copy of `inner`, for retries.
+            .finish_non_exhaustive()
     }
 }

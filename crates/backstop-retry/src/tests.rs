@@ -95,6 +95,87 @@ async fn retries_an_upstream_failure_then_succeeds() {
     assert_eq!(attempts, vec![Some(Attempt(1)), Some(Attempt(2))]);
 }
 
+/// Counts its clones; answers from `fail_first` failures, then `Ok`.
+struct Counted {
+    clones: Arc<AtomicU64>,
+    calls: Arc<AtomicU64>,
+    fail_first: u64,
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            clones: Arc::clone(&self.clones),
+            calls: Arc::clone(&self.calls),
+            fail_first: self.fail_first,
+        }
+    }
+}
+
+impl Service<u32> for Counted {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Outcome>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: u32) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(if n < self.fail_first {
+            upstream_error()
+        } else {
+            Ok("ok")
+        })
+    }
+}
+
+/// The first attempt is called in `call()` on the service itself when it is
+/// ready at once: a request that is not retried clones nothing; a retry
+/// clones the inner service once, for its future.
+#[tokio::test(start_paused = true)]
+async fn only_a_retry_clones_the_inner_service() {
+    let (clones, calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let inner = Counted {
+        clones: Arc::clone(&clones),
+        calls: Arc::clone(&calls),
+        fail_first: 0,
+    };
+    let mut svc = layer().seed(1).build().unwrap().layer_service(inner);
+    let at_layer = clones.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let fut = svc.call(1);
+        // Called already, before the first poll.
+        assert!(calls.load(Ordering::SeqCst) > 0);
+        assert_eq!(fut.await.unwrap(), "ok");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        at_layer,
+        "no clone per request"
+    );
+
+    let (clones, calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let inner = Counted {
+        clones: Arc::clone(&clones),
+        calls: Arc::clone(&calls),
+        fail_first: 1,
+    };
+    let mut svc = layer().seed(1).build().unwrap().layer_service(inner);
+    let at_layer = clones.load(Ordering::SeqCst);
+    assert_eq!(svc.call(1).await.unwrap(), "ok");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        at_layer + 1,
+        "one clone, for the retry"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn attempt_timeouts_are_retried_until_attempts_run_out() {
     let up = Script::new(vec![], || {
@@ -647,7 +728,7 @@ trait LayerService<S> {
     fn layer_service(&self, svc: S) -> Retry<DefaultPolicy, S>;
 }
 
-impl<S> LayerService<S> for RetryLayer {
+impl<S: Clone> LayerService<S> for RetryLayer {
     fn layer_service(&self, svc: S) -> Retry<DefaultPolicy, S> {
         tower::Layer::layer(self, svc)
     }
