@@ -43,14 +43,15 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, Req>,
-        shared: Arc<Shared>,
+        // The budget and counters, and the copy of the inner service that a
+        // retry clones from: one `Arc` for the two.
+        source: Source<S>,
         ctx: Context,
         policy: P,
         // The service the next attempt is called on: the future's own
         // clone. `None` when the first attempt was called in `call()`; a
         // retry then clones one from `source`.
         svc: Option<S>,
-        source: Source<S>,
         // The copy to replay, if the policy could make one.
         template: Option<Req>,
         // The previous attempt's outcome, kept while the next one runs
@@ -85,11 +86,27 @@ pin_project! {
 /// service (when it is ready at once, which a stack of backstop layers
 /// always is), and a future clones a service from here only when it
 /// actually retries.
-pub(crate) struct Source<S>(Arc<Mutex<S>>);
+///
+/// It also holds the layer's shared state, so that a future holds one `Arc`
+/// for both.
+pub(crate) struct Source<S>(Arc<SourceInner<S>>);
+
+struct SourceInner<S> {
+    shared: Arc<Shared>,
+    svc: Mutex<S>,
+}
 
 impl<S> Source<S> {
-    pub(crate) fn new(svc: S) -> Self {
-        Self(Arc::new(Mutex::new(svc)))
+    pub(crate) fn new(svc: S, shared: Arc<Shared>) -> Self {
+        Self(Arc::new(SourceInner {
+            shared,
+            svc: Mutex::new(svc),
+        }))
+    }
+
+    /// The layer's budget, counters and settings.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.0.shared
     }
 
     /// A clone of the service, for a future's attempts.
@@ -99,6 +116,7 @@ impl<S> Source<S> {
     {
         // Held only to clone: no panic can leave it half-changed.
         self.0
+            .svc
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -125,10 +143,9 @@ where
         svc: &mut S,
         source: &Source<S>,
         policy: P,
-        shared: Arc<Shared>,
         ctx: Context,
     ) -> Self {
-        let template = if shared.config.max_attempts > 1 {
+        let template = if source.shared().config.max_attempts > 1 {
             policy.clone_request(&req)
         } else {
             None
@@ -161,11 +178,10 @@ where
         };
         Self {
             state,
-            shared,
+            source: source.clone(),
             ctx,
             policy,
             svc,
-            source: source.clone(),
             template,
             last: None,
             attempt: 1,
@@ -218,10 +234,11 @@ where
                         w.commit();
                     }
                     *this.attempt += 1;
-                    this.shared.retries.fetch_add(1, Ordering::Relaxed);
-                    this.shared.metrics.retry();
+                    let shared = this.source.shared();
+                    shared.retries.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.retry();
                     debug_event!(this.ctx, attempt = *this.attempt, "retry started");
-                    let next = if *this.attempt >= this.shared.config.max_attempts {
+                    let next = if *this.attempt >= shared.config.max_attempts {
                         this.template.take()
                     } else {
                         this.template
@@ -246,7 +263,7 @@ where
             let action = this.policy.decide(&outcome);
             let wait = match action {
                 Action::Retry | Action::RetryAfter(_) => retry_wait(
-                    this.shared,
+                    this.source.shared(),
                     this.ctx,
                     *this.attempt,
                     action,
@@ -264,9 +281,10 @@ where
                 *this.last = None;
                 return Poll::Ready(out);
             };
-            let Some(withdrawal) = this.shared.budget.withdraw(this.shared, now) else {
-                this.shared.budget_exhausted.fetch_add(1, Ordering::Relaxed);
-                this.shared.metrics.budget_exhausted();
+            let shared = this.source.shared();
+            let Some(withdrawal) = shared.budget.withdraw(shared, now) else {
+                shared.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.budget_exhausted();
                 debug_event!(
                     this.ctx,
                     attempt = *this.attempt,

@@ -200,7 +200,6 @@ struct Pending<S, B> {
     collector: Collector,
     svc: Inspect<S>,
     source: Source<Inspect<S>>,
-    shared: Arc<Shared>,
     ctx: Context,
 }
 
@@ -260,7 +259,7 @@ impl<S: Clone> Layer<S> for HttpRetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let inner = Inspect { inner };
         HttpRetry {
-            source: Source::new(inner.clone()),
+            source: Source::new(inner.clone(), Arc::clone(&self.shared)),
             inner,
             shared: Arc::clone(&self.shared),
             max_replay_bytes: self.max_replay_bytes,
@@ -367,7 +366,6 @@ where
                                 collector,
                                 svc: self.inner.clone(),
                                 source: self.source.clone(),
-                                shared: Arc::clone(&self.shared),
                                 ctx,
                             }),
                         },
@@ -383,7 +381,6 @@ where
                     &mut self.inner,
                     &self.source,
                     HttpPolicy::default(),
-                    Arc::clone(&self.shared),
                     ctx,
                 ),
             },
@@ -423,7 +420,6 @@ where
                             &mut p.svc,
                             &p.source,
                             HttpPolicy::default(),
-                            p.shared,
                             p.ctx,
                         ),
                     });

@@ -33,7 +33,7 @@ impl<P, S> Retry<P, S> {
         S: Clone,
     {
         Self {
-            source: Source::new(inner.clone()),
+            source: Source::new(inner.clone(), Arc::clone(&shared)),
             inner,
             policy,
             shared,
@@ -94,7 +94,6 @@ where
             &mut self.inner,
             &self.source,
             self.policy.clone(),
-            Arc::clone(&self.shared),
             Context::current(),
         )
     }
