@@ -203,8 +203,7 @@ where
             let outcome = match this.state.as_mut().project() {
                 StateProj::Ready { next } => {
                     let actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
-                    let source = &*this.source;
-                    let svc = this.svc.get_or_insert_with(|| source.take_clone());
+                    let svc = this.svc.get_or_insert_with(|| this.source.take_clone());
                     // One scope around readiness and the call.
                     let called = actx.sync_scope_in_place(|| match svc.poll_ready(cx) {
                         Poll::Pending => None,
@@ -214,15 +213,12 @@ where
                     match called {
                         None => return Poll::Pending,
                         Some(Err(e)) => Err(e),
-                        Some(Ok(Some(fut))) => {
-                            this.state.set(State::Calling {
-                                fut: actx.scope(fut),
-                            });
-                            continue;
-                        }
-                        Some(Ok(None)) => {
-                            // Unreachable: `next` is set before each Ready.
-                            this.state.set(State::Done);
+                        Some(Ok(called)) => {
+                            // `next` is set before each Ready: never `None`.
+                            this.state
+                                .set(called.map_or(State::Done, |fut| State::Calling {
+                                    fut: actx.scope(fut),
+                                }));
                             continue;
                         }
                     }
