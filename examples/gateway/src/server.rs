@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -232,8 +232,10 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
     let (signalled_tx, signalled_rx) = watch::channel(None);
+    let workers = workers.max(1);
+    let (balance, mut inboxes) = Balance::new(workers);
     let mut done = Vec::new();
-    for i in 0..workers.max(1) {
+    for i in 0..workers {
         let listener = listener.try_clone()?;
         let worker = Worker {
             app: app.http.clone(),
@@ -242,6 +244,9 @@ pub async fn serve(
             slots: Arc::clone(&slots),
             stream_shutdown: stream_shutdown.clone(),
             signalled: signalled_rx.clone(),
+            me: i,
+            balance: Arc::clone(&balance),
+            inbox: inboxes.remove(0),
         };
         let (tx, rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -274,6 +279,68 @@ struct Worker {
     stream_shutdown: CancellationToken,
     /// When the first shutdown signal came (set once, by [`serve`]).
     signalled: watch::Receiver<Option<Instant>>,
+    /// This worker's number in `balance`.
+    me: usize,
+    balance: Arc<Balance>,
+    /// Connections other workers accepted for this one.
+    inbox: mpsc::UnboundedReceiver<Handed>,
+}
+
+/// A connection accepted by one worker for another, with its
+/// `server.max_connections` slot.
+type Handed = (std::net::TcpStream, OwnedSemaphorePermit);
+
+/// The workers' open connections, and the way to hand each one a connection.
+///
+/// The workers accept on one listening socket, and whichever is awake first
+/// takes the connection: a burst (a load balancer opening its pool, a
+/// benchmark starting) can land every connection on one worker and leave the
+/// other cores idle for the connections' life. A worker that accepts a
+/// connection while another has at least two fewer open hands it over, so
+/// the counts stay within one of each other.
+struct Balance {
+    open: Vec<AtomicUsize>,
+    inboxes: Vec<mpsc::UnboundedSender<Handed>>,
+}
+
+impl Balance {
+    fn new(workers: usize) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Handed>>) {
+        let (inboxes, receivers) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let open = (0..workers).map(|_| AtomicUsize::new(0)).collect();
+        (Arc::new(Self { open, inboxes }), receivers)
+    }
+
+    /// The worker that serves a connection `me` just accepted: the one with
+    /// the fewest open if it has at least two fewer than `me`, else `me`.
+    /// Counts it as open there.
+    fn pick(&self, me: usize) -> usize {
+        let mine = self.open[me].load(Ordering::Relaxed);
+        let (least, fewest) = self
+            .open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, n)| n)
+            .unwrap_or((me, mine));
+        let to = if fewest + 2 <= mine { least } else { me };
+        self.open[to].fetch_add(1, Ordering::Relaxed);
+        to
+    }
+
+    /// A connection of worker `of` ended.
+    fn closed(&self, of: usize) {
+        self.open[of].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Hands `conn` to worker `to` (counted there by `pick`); gives it back
+    /// if that worker no longer takes connections.
+    #[allow(clippy::result_large_err)]
+    fn hand(&self, to: usize, conn: Handed) -> Result<(), Handed> {
+        self.inboxes[to].send(conn).map_err(|e| {
+            self.closed(to);
+            e.0
+        })
+    }
 }
 
 impl Worker {
@@ -351,6 +418,10 @@ impl Worker {
                     continue;
                 }
                 () = until(stop_at) => break,
+                Some(handed) = self.inbox.recv() => {
+                    self.serve_handed(&builder, handed, &stop_rx, stream_budget);
+                    continue;
+                }
                 p = Arc::clone(&self.slots).acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
@@ -363,6 +434,12 @@ impl Worker {
                     continue;
                 }
                 () = until(stop_at) => break,
+                // The slot taken for an accept goes back; the handed
+                // connection brought its own.
+                Some(handed) = self.inbox.recv() => {
+                    self.serve_handed(&builder, handed, &stop_rx, stream_budget);
+                    continue;
+                }
                 r = listener.accept() => r,
             };
             let (stream, _peer) = match accepted {
@@ -374,6 +451,24 @@ impl Worker {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let to = self.balance.pick(self.me);
+            if to != self.me {
+                // Off this worker's reactor, onto the other's.
+                match stream.into_std() {
+                    Ok(stream) => match self.balance.hand(to, (stream, permit)) {
+                        Ok(()) => {}
+                        Err(back) => {
+                            self.balance.open[self.me].fetch_add(1, Ordering::Relaxed);
+                            self.serve_handed(&builder, back, &stop_rx, stream_budget);
+                        }
+                    },
+                    Err(e) => {
+                        self.balance.closed(to);
+                        tracing::debug!(error = %e, "could not hand a connection over");
+                    }
+                }
+                continue;
+            }
             self.spawn_connection(&builder, stream, permit, &stop_rx, stream_budget);
         }
         drop(listener);
@@ -405,13 +500,32 @@ impl Worker {
         drained
     }
 
+    /// Serves a connection another worker accepted for this one (already
+    /// counted as open here).
+    fn serve_handed(
+        &self,
+        builder: &auto::Builder<TokioExecutor>,
+        (stream, permit): Handed,
+        stop_rx: &watch::Receiver<bool>,
+        stream_budget: Duration,
+    ) {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.spawn_connection(builder, stream, permit, stop_rx, stream_budget),
+            Err(e) => {
+                self.balance.closed(self.me);
+                tracing::debug!(error = %e, "cannot register a handed connection");
+            }
+        }
+    }
+
     /// Serves one accepted connection on its own task, holding `permit`
-    /// (a `server.max_connections` slot) until it ends.
+    /// (a `server.max_connections` slot) until it ends; it was counted as
+    /// open on this worker when it was accepted.
     fn spawn_connection(
         &self,
         builder: &auto::Builder<TokioExecutor>,
         stream: TcpStream,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
         stop_rx: &watch::Receiver<bool>,
         stream_budget: Duration,
     ) {
@@ -438,6 +552,7 @@ impl Worker {
             async move { dog.expired().await },
             stop_rx.clone(),
         );
+        let (balance, me) = (Arc::clone(&self.balance), self.me);
         tokio::spawn(async move {
             match serving.await {
                 Ended::Done(Ok(())) => {}
@@ -455,6 +570,7 @@ impl Worker {
                 }
             }
             drop(permit);
+            balance.closed(me);
         });
     }
 }
@@ -472,5 +588,52 @@ async fn until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(b: &Balance) -> Vec<usize> {
+        b.open.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+    }
+
+    #[test]
+    fn a_burst_on_one_worker_is_spread_within_one() {
+        let (b, _inboxes) = Balance::new(2);
+        // Worker 0 accepts ten in a row, as when it woke first for a burst.
+        let picked: Vec<usize> = (0..10).map(|_| b.pick(0)).collect();
+        assert_eq!(picked, [0, 0, 1, 0, 1, 0, 1, 0, 1, 0]);
+        assert_eq!(open(&b), [6, 4]);
+        // Worker 1's connections close: worker 0 hands the next ones over.
+        for _ in 0..4 {
+            b.closed(1);
+        }
+        assert_eq!((0..3).map(|_| b.pick(0)).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!(open(&b), [6, 3]);
+        // The less loaded worker keeps what it accepts; the other hands
+        // over while it has two more.
+        assert_eq!(b.pick(1), 1);
+        assert_eq!(open(&b), [6, 4]);
+        assert_eq!(b.pick(0), 1);
+        assert_eq!(b.pick(0), 0);
+        assert_eq!(open(&b), [7, 5]);
+    }
+
+    #[test]
+    fn a_worker_that_stopped_taking_connections_gives_them_back() {
+        let (b, mut inboxes) = Balance::new(2);
+        for _ in 0..2 {
+            b.pick(0);
+        }
+        assert_eq!(b.pick(0), 1);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        // Worker 1's loop ended: its inbox is gone.
+        drop(inboxes.remove(1));
+        assert!(b.hand(1, (stream, permit)).is_err());
+        assert_eq!(open(&b), [2, 0], "not counted where it did not go");
     }
 }

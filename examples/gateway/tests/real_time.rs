@@ -292,6 +292,32 @@ async fn serves_then_sigterm_exits_0() {
     assert_eq!(v["attempts"], 1);
 }
 
+/// A burst of connections (the workers hand some to each other to keep their
+/// counts even): every one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_is_served_in_full() {
+    let p = Proc::spawn(&["--listen", "127.0.0.1:0"], &[]);
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let addr = p.addr.clone();
+            tokio::spawn(async move {
+                http(
+                    &addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("content-type", "application/json")],
+                    r#"{"model":"sim-1"}"#,
+                )
+                .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let res = call.await.unwrap();
+        assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    }
+}
+
 /// The binary writes the access line outside tracing (`direct_log`), but
 /// `RUST_LOG` still decides whether it is written: off for
 /// `backstop_gateway::trace` here, while other INFO lines stay on.
