@@ -119,8 +119,8 @@ pub struct HttpRetryLayer {
 /// See the [crate docs](crate) for an example.
 pub struct HttpRetry<S> {
     inner: Inspect<S>,
-    shared: Arc<Shared>,
     max_replay_bytes: usize,
+    // With the layer's shared state: one `Arc` to clone.
     source: Source<Inspect<S>>,
 }
 
@@ -261,7 +261,6 @@ impl<S: Clone> Layer<S> for HttpRetryLayer {
         HttpRetry {
             source: Source::new(inner.clone(), Arc::clone(&self.shared)),
             inner,
-            shared: Arc::clone(&self.shared),
             max_replay_bytes: self.max_replay_bytes,
         }
     }
@@ -296,7 +295,7 @@ impl<S> HttpRetry<S> {
 
     /// The counters of the layer that built this service.
     pub fn stats(&self) -> RetryStats {
-        RetryStats::from_shared(&self.shared)
+        RetryStats::from_shared(self.source.shared())
     }
 }
 
@@ -305,7 +304,6 @@ impl<S: Clone> Clone for HttpRetry<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
             max_replay_bytes: self.max_replay_bytes,
             source: self.source.clone(),
         }
@@ -316,7 +314,7 @@ impl<S: fmt::Debug> fmt::Debug for HttpRetry<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpRetry")
             .field("inner", &self.inner.inner)
-            .field("shared", &*self.shared)
+            .field("shared", &**self.source.shared())
             .field("max_replay_bytes", &self.max_replay_bytes)
             // `source` is a copy of `inner`, for retries.
             .finish_non_exhaustive()
@@ -339,10 +337,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.shared.budget.deposit(clock::now());
+        let shared = self.source.shared();
+        shared.budget.deposit(clock::now());
         let ctx = Context::current();
         let (parts, body) = req.into_parts();
-        let no_replay = self.shared.config.max_attempts == 1
+        let no_replay = shared.config.max_attempts == 1
             || body.size_hint().lower() > self.max_replay_bytes as u64;
         let body = if no_replay {
             Spliced::streaming(body)

@@ -23,7 +23,7 @@ use crate::policy::Policy;
 pub struct Retry<P, S> {
     inner: S,
     policy: P,
-    shared: Arc<Shared>,
+    // With the layer's shared state: one `Arc` to clone.
     source: Source<S>,
 }
 
@@ -33,10 +33,9 @@ impl<P, S> Retry<P, S> {
         S: Clone,
     {
         Self {
-            source: Source::new(inner.clone(), Arc::clone(&shared)),
+            source: Source::new(inner.clone(), shared),
             inner,
             policy,
-            shared,
         }
     }
 
@@ -57,7 +56,7 @@ impl<P, S> Retry<P, S> {
 
     /// The counters of the layer that built this service.
     pub fn stats(&self) -> RetryStats {
-        RetryStats::from_shared(&self.shared)
+        RetryStats::from_shared(self.source.shared())
     }
 }
 
@@ -67,7 +66,6 @@ impl<P: Clone, S: Clone> Clone for Retry<P, S> {
         Self {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
-            shared: Arc::clone(&self.shared),
             source: self.source.clone(),
         }
     }
@@ -88,7 +86,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        self.shared.budget.deposit(clock::now());
+        self.source.shared().budget.deposit(clock::now());
         ResponseFuture::start(
             req,
             &mut self.inner,
@@ -104,7 +102,7 @@ impl<P: fmt::Debug, S: fmt::Debug> fmt::Debug for Retry<P, S> {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
             .field("policy", &self.policy)
-            .field("shared", &*self.shared)
+            .field("shared", &**self.source.shared())
             // `source` is a copy of `inner`, for retries.
             .finish_non_exhaustive()
     }
