@@ -8,7 +8,11 @@
 # the configuration of scripts/bench-gateway.sh (every layer on, one client
 # key, limits that do not bind). After a warm-up the counters are zeroed,
 # N keep-alive `POST /v1/chat/completions` are sent from 4 connections, and
-# the total is divided by N (kernel time is not counted).
+# the total is divided by N (kernel time is not counted). Also the atomic
+# read-modify-write instructions per request (`lock`-prefixed and `xchg`,
+# counted by benches/atomics.py from the per-instruction counts): callgrind
+# counts them as one instruction each, but each is a serialising operation,
+# and one on a cache line the other core holds costs a transfer as well.
 #
 # Usage:  scripts/callgrind-gateway.sh            (needs valgrind and python3)
 # Knobs:  CG_REQUESTS=2000  CG_WARMUP=400  CG_LOG=info  CG_PORT_BASE=18100
@@ -119,7 +123,7 @@ measure() {
     shift
     local file="$OUT/$name.callgrind"
     taskset -c 0 valgrind --tool=callgrind --compress-strings=no --compress-pos=no \
-        --callgrind-out-file="$file" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" &
+        --dump-instr=yes --callgrind-out-file="$file" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" &
     local pid=$!
     PIDS+=("$pid")
     wait_port "$P_PROXY"
@@ -134,7 +138,12 @@ measure() {
     dump=$(ls -t "$file".* 2>/dev/null | head -1)
     local total
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    echo "$name: $((total / REQUESTS)) instructions per request ($dump)"
+    # The zeroed counters make the dump the difference itself: compare it
+    # with an empty file.
+    : >"$OUT/empty.callgrind"
+    local atomics
+    atomics=$(python3 benches/atomics.py "$1" "$OUT/empty.callgrind" "$dump" "$REQUESTS" | head -1)
+    echo "$name: $((total / REQUESTS)) instructions, $atomics atomic read-modify-writes per request ($dump)"
 }
 
 RUST_LOG=$GATEWAY_LOG measure gateway "$GATEWAY" --config "$OUT/gateway.toml"
