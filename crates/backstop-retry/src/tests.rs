@@ -102,6 +102,19 @@ struct Counted {
     fail_first: u64,
 }
 
+impl Counted {
+    /// The service, its clone counter and its call counter.
+    fn new(fail_first: u64) -> (Self, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let (clones, calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let svc = Self {
+            clones: Arc::clone(&clones),
+            calls: Arc::clone(&calls),
+            fail_first,
+        };
+        (svc, clones, calls)
+    }
+}
+
 impl Clone for Counted {
     fn clone(&self) -> Self {
         self.clones.fetch_add(1, Ordering::SeqCst);
@@ -138,12 +151,7 @@ impl Service<u32> for Counted {
 /// clones the inner service once, for its future.
 #[tokio::test(start_paused = true)]
 async fn only_a_retry_clones_the_inner_service() {
-    let (clones, calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let inner = Counted {
-        clones: Arc::clone(&clones),
-        calls: Arc::clone(&calls),
-        fail_first: 0,
-    };
+    let (inner, clones, calls) = Counted::new(0);
     let mut svc = layer().seed(1).build().unwrap().layer_service(inner);
     let at_layer = clones.load(Ordering::SeqCst);
     for _ in 0..3 {
@@ -159,12 +167,7 @@ async fn only_a_retry_clones_the_inner_service() {
         "no clone per request"
     );
 
-    let (clones, calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let inner = Counted {
-        clones: Arc::clone(&clones),
-        calls: Arc::clone(&calls),
-        fail_first: 1,
-    };
+    let (inner, clones, calls) = Counted::new(1);
     let mut svc = layer().seed(1).build().unwrap().layer_service(inner);
     let at_layer = clones.load(Ordering::SeqCst);
     assert_eq!(svc.call(1).await.unwrap(), "ok");

@@ -1070,7 +1070,6 @@ mod tests {
         });
     }
 
-    /// Events per benchmark run: `LOGFMT_BENCH_EVENTS`, default 10,000.
     /// [`AccessLine::format`] writes the line that the access event
     /// (`trace::Info::log`'s, at its target) gets from [`JsonLines`], and so
     /// from tracing-subscriber's own JSON formatter: with and without the
@@ -1155,6 +1154,7 @@ mod tests {
         std::hint::black_box(&out);
     }
 
+    /// Events per benchmark run: `LOGFMT_BENCH_EVENTS`, default 10,000.
     fn bench_events() -> u64 {
         std::env::var("LOGFMT_BENCH_EVENTS")
             .ok()
