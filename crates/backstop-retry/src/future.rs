@@ -42,7 +42,7 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future, Req>,
+        state: State<S::Future, Req, S::Error>,
         // The budget and counters, and the copy of the inner service that a
         // retry clones from: one `Arc` for the two.
         source: Source<S>,
@@ -65,10 +65,13 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, Req> {
+    enum State<F, Req, E> {
         // About to call the inner service with this request (here, not in
         // a field of its own: it shares space with the attempt's future).
         Ready { next: Option<Req> },
+        // The first attempt's readiness failed in `call()`: its outcome,
+        // for the policy to judge on the first poll.
+        Failed { err: Option<E> },
         Calling { #[pin] fut: Scoped<F> },
         // Boxed for the same reason as `last`.
         Backoff { sleep: Pin<Box<Sleep>> },
@@ -83,9 +86,9 @@ pin_project! {
 /// every attempt could be called from the future: for a stack of layers, a
 /// few dozen `Arc` counts up and down per request, on counts every thread
 /// shares. Now the first attempt is called in `call()` on the caller's own
-/// service (when it is ready at once, which a stack of backstop layers
-/// always is), and a future clones a service from here only when it
-/// actually retries.
+/// service (when it is ready at once, which a stack of backstop layers is
+/// whenever its upstream is), and a future clones a service from here only
+/// when it actually retries.
 ///
 /// It also holds the layer's shared state, so that a future holds one `Arc`
 /// for both.
@@ -154,18 +157,27 @@ where
         let mut noop = TaskContext::from_waker(Waker::noop());
         // One scope around readiness and the call, as for later attempts.
         let called = actx.sync_scope_in_place(|| match svc.poll_ready(&mut noop) {
-            Poll::Ready(Ok(())) => Ok(svc.call(req)),
-            // Not ready, or failed: the future asks again, with a waker that
-            // wakes it, and the policy judges a failure.
-            _ => Err(req),
+            Poll::Ready(Ok(())) => Ok(Ok(svc.call(req))),
+            Poll::Ready(Err(e)) => Ok(Err(e)),
+            // Not ready: the future asks again, with a waker that wakes it.
+            Poll::Pending => Err(req),
         });
         let (state, svc) = match called {
-            Ok(fut) => (
+            Ok(Ok(fut)) => (
                 State::Calling {
                     fut: actx.scope(fut),
                 },
                 None,
             ),
+            Ok(Err(e)) => {
+                // The first attempt failed before its call: the policy
+                // judges the error as it would a failed call. An instance
+                // that failed readiness is not asked again (tower's
+                // contract): a clone of the pristine copy takes its place,
+                // and a retry clones its own.
+                *svc = source.take_clone();
+                (State::Failed { err: Some(e) }, None)
+            }
             Err(req) => {
                 // The future takes the instance that was asked (a service
                 // may have queued for capacity in `poll_ready`: its place
@@ -212,7 +224,11 @@ where
                     });
                     match called {
                         None => return Poll::Pending,
-                        Some(Err(e)) => Err(e),
+                        Some(Err(e)) => {
+                            // Not asked again: a retry clones a fresh one.
+                            *this.svc = None;
+                            Err(e)
+                        }
                         Some(Ok(called)) => {
                             // `next` is set before each Ready: never `None`.
                             this.state
@@ -223,6 +239,8 @@ where
                         }
                     }
                 }
+                // Taken once: the state changes before the next poll.
+                StateProj::Failed { err } => Err(err.take().expect("polled after completion")),
                 StateProj::Calling { fut } => ready!(fut.poll(cx)),
                 StateProj::Backoff { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
@@ -234,12 +252,10 @@ where
                     shared.retries.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.retry();
                     debug_event!(this.ctx, attempt = *this.attempt, "retry started");
-                    let next = if *this.attempt >= shared.config.max_attempts {
-                        this.template.take()
-                    } else {
-                        this.template
-                            .as_ref()
-                            .and_then(|t| this.policy.clone_request(t))
+                    // The last attempt takes the copy itself.
+                    let next = match &mut *this.template {
+                        t if *this.attempt >= shared.config.max_attempts => t.take(),
+                        t => t.as_ref().and_then(|t| this.policy.clone_request(t)),
                     };
                     if next.is_none() {
                         // The policy could not copy the request this time:
@@ -348,6 +364,7 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Ready { .. } => "ready",
+            State::Failed { .. } => "failed",
             State::Calling { .. } => "calling",
             State::Backoff { .. } => "backoff",
             State::Done => "done",

@@ -284,6 +284,10 @@ impl<S> HttpRetry<S> {
     }
 
     /// The inner service, mutably.
+    ///
+    /// A change made through it reaches the first attempt of later
+    /// requests only: retries clone the copy taken when the layer was
+    /// applied.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner.inner
     }

@@ -146,27 +146,36 @@
 //!
 //! # Clone and shared state
 //!
-//! `poll_ready` is always ready and reserves nothing. `call()` calls the
-//! first attempt on the inner service itself when it is ready at once (a
-//! stack of backstop layers always is); otherwise, and for every retry, the
-//! response future drives `ready()` and `call()` on a clone of the inner
-//! service of its own (`S: Clone`), taken only when needed. One layer value
-//! is one budget, one RNG and one
-//! set of counters: every service it builds, and every clone of those,
+//! `poll_ready` is always ready and reserves nothing. `call()` asks the
+//! inner service for readiness once, with a waker that does nothing:
+//! - ready: `call()` calls the first attempt on it;
+//! - not ready: the response future takes that instance (and any place it
+//!   queued for) and drives `ready()` and `call()` on it with its own
+//!   waker; the retry service keeps a clone (`S: Clone`);
+//! - failed: the policy judges the error as it would a failed call, and
+//!   the failed instance is not asked again.
+//!
+//! Every retry clones its service from a copy taken when the layer was
+//! applied, shared by the service's clones; a retry whose readiness fails
+//! clones a fresh one for the next. So a change made through `get_mut`
+//! reaches first attempts only. One layer value is one budget, one RNG and
+//! one set of counters: every service it builds, and every clone of those,
 //! shares them (an `Arc`). Two layers, two budgets.
 //!
 //! # Allocation
 //!
-//! None of its own on the success path: the response future holds two `Arc`
-//! clones (the budget and the shared copy of the inner service that retries
-//! clone from), the context (reference-counted) and a clone of the policy;
-//! the inner service is cloned only for a retry, or when it was not ready at
-//! once. When `max_attempts > 1` the request is cloned once up front
-//! for replay ([`Policy::clone_request`]), and once more per retry; for HTTP
+//! None of its own on the success path: the response future holds one
+//! `Arc` (the budget, the counters and the copy of the inner service that
+//! retries clone from), the context (reference-counted) and a clone of the
+//! policy; the inner service is cloned only for a retry, when it was not
+//! ready at once, when it failed readiness, or (HTTP) when the request
+//! body has to be waited for. When `max_attempts > 1` the request is
+//! cloned once up front for replay ([`Policy::clone_request`]), and once
+//! more per retry; for HTTP
 //! that clones the head (method, URI, headers, extensions) and a buffered
 //! body (reference-counted `Bytes`, plus one copy when the body came in
-//! several frames). The `tokio::time::Sleep` of a backoff lives inside the
-//! future.
+//! several frames). A backoff's `tokio::time::Sleep` is boxed, once per
+//! retry, and so is the outcome kept while the retry runs.
 //!
 //! # HTTP (feature `http`)
 //!

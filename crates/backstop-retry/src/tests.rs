@@ -154,10 +154,10 @@ async fn only_a_retry_clones_the_inner_service() {
     let (inner, clones, calls) = Counted::new(0);
     let mut svc = layer().seed(1).build().unwrap().layer_service(inner);
     let at_layer = clones.load(Ordering::SeqCst);
-    for _ in 0..3 {
+    for i in 1..=3 {
         let fut = svc.call(1);
         // Called already, before the first poll.
-        assert!(calls.load(Ordering::SeqCst) > 0);
+        assert_eq!(calls.load(Ordering::SeqCst), i);
         assert_eq!(fut.await.unwrap(), "ok");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -177,6 +177,117 @@ async fn only_a_retry_clones_the_inner_service() {
         at_layer + 1,
         "one clone, for the retry"
     );
+}
+
+/// A service whose instances are told apart: each clone takes the next
+/// id. It fails readiness `fail_ready` times (the instance that failed is
+/// then dead: asking it again is counted), and is not ready while `open`
+/// is false (it keeps the latest waker, as a queue for capacity would).
+#[derive(Default)]
+struct Gate {
+    id: u64,
+    dead: bool,
+    next_id: Arc<AtomicU64>,
+    fail_ready: Arc<AtomicU64>,
+    asked_dead: Arc<AtomicU64>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<Mutex<Option<std::task::Waker>>>,
+    asked: Arc<Mutex<Vec<u64>>>,
+    called: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Clone for Gate {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.next_id.fetch_add(1, Ordering::SeqCst) + 1,
+            dead: false,
+            next_id: Arc::clone(&self.next_id),
+            fail_ready: Arc::clone(&self.fail_ready),
+            asked_dead: Arc::clone(&self.asked_dead),
+            closed: Arc::clone(&self.closed),
+            waker: Arc::clone(&self.waker),
+            asked: Arc::clone(&self.asked),
+            called: Arc::clone(&self.called),
+        }
+    }
+}
+
+impl Service<u32> for Gate {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Outcome>;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.asked.lock().unwrap().push(self.id);
+        if self.dead {
+            self.asked_dead.fetch_add(1, Ordering::SeqCst);
+            return std::task::Poll::Ready(upstream_error().map(drop));
+        }
+        let failing = self
+            .fail_ready
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            self.dead = true;
+            return std::task::Poll::Ready(upstream_error().map(drop));
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.called.lock().unwrap().push(self.id);
+        std::future::ready(Ok("ok"))
+    }
+}
+
+/// A readiness failure in `call()` is the first attempt's outcome: the
+/// policy retries it, and the instance that failed is not asked again.
+#[tokio::test(start_paused = true)]
+async fn a_readiness_failure_in_call_is_judged_and_the_instance_dropped() {
+    let gate = Gate::default();
+    gate.fail_ready.store(1, Ordering::SeqCst);
+    let mut svc = layer().seed(1).build().unwrap().layer_service(gate.clone());
+    assert_eq!(svc.call(1).await.unwrap(), "ok");
+    assert_eq!(gate.asked_dead.load(Ordering::SeqCst), 0);
+    assert_eq!(gate.called.lock().unwrap().len(), 1, "called by the retry");
+    // The service's own instance was replaced: the next request's first
+    // attempt is called in `call()` on a live one.
+    let fut = svc.call(2);
+    assert_eq!(gate.called.lock().unwrap().len(), 2);
+    assert_eq!(fut.await.unwrap(), "ok");
+
+    // Failing every time: attempts run out with the error, and no dead
+    // instance is asked twice.
+    gate.fail_ready.store(u64::MAX, Ordering::SeqCst);
+    let err = svc.call(3).await.unwrap_err();
+    assert_eq!(classify(&*err), ErrorKind::UpstreamFailure);
+    assert_eq!(gate.asked_dead.load(Ordering::SeqCst), 0);
+}
+
+/// A service not ready in `call()` is not dropped for a clone: the future
+/// drives the instance that was asked (its place in a queue goes with it),
+/// with the task's own waker, and calls it when it wakes the task.
+#[tokio::test(start_paused = true)]
+async fn an_instance_not_ready_in_call_is_driven_by_the_future() {
+    let gate = Gate::default();
+    let mut svc = layer().seed(1).build().unwrap().layer_service(gate.clone());
+    gate.closed.store(true, Ordering::SeqCst);
+    gate.asked.lock().unwrap().clear();
+    let mut fut = task::spawn(svc.call(1));
+    let first = gate.asked.lock().unwrap()[0];
+    assert_pending!(fut.poll());
+    assert!(gate.called.lock().unwrap().is_empty());
+    gate.closed.store(false, Ordering::SeqCst);
+    let waker = gate.waker.lock().unwrap().take().expect("a waker kept");
+    waker.wake();
+    assert!(fut.is_woken(), "the kept waker is the task's, not a no-op");
+    assert_eq!(assert_ready!(fut.poll()).unwrap(), "ok");
+    assert_eq!(*gate.called.lock().unwrap(), vec![first]);
+    assert!(gate.asked.lock().unwrap().iter().all(|&id| id == first));
 }
 
 #[tokio::test(start_paused = true)]
