@@ -44,8 +44,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Connection {
     fn call(&self, mut req: http::Request<Incoming>) -> Watched {
         let arrival = Instant::now();
         req.extensions_mut().insert(RequestMeta::new(arrival));
-        self.dog
-            .head_arrived(req.version() == http::Version::HTTP_2);
+        self.dog.head_arrived(!another_head_may_follow(&req));
         let watch = self.dog.watch(arrival + self.budget);
         Watched {
             fut: self.app.call(req.map(Either::Left)),
@@ -162,7 +161,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if this.side.woken.swap(false, Ordering::AcqRel) {
+        let side_woken = this.side.woken.swap(false, Ordering::AcqRel);
+        if side_woken {
             {
                 let mut task = this
                     .side
@@ -178,11 +178,20 @@ where
                 *this.stopping = true;
                 this.conn.as_mut().graceful_shutdown();
             }
+        }
+        // The connection first: a head that came in time but is not parsed
+        // yet (its bytes and the deadline seen in one turn of the worker)
+        // is read, and the watchdog then finds it arrived.
+        if let Poll::Ready(out) = this.conn.poll(cx) {
+            return Poll::Ready(Ended::Done(out));
+        }
+        if side_woken {
+            let mut side = Context::from_waker(this.side_waker);
             if let Poll::Ready(which) = this.expired.poll(&mut side) {
                 return Poll::Ready(Ended::Expired(which));
             }
         }
-        this.conn.poll(cx).map(Ended::Done)
+        Poll::Pending
     }
 }
 
@@ -387,21 +396,7 @@ impl Worker {
 
     async fn serve(mut self, listener: TcpListener) -> bool {
         let config = &self.config;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            // The connection's watchdog enforces `header_read_timeout`
-            // (see `watchdog`): hyper's own would make, register and drop a
-            // timer for every request head.
-            .header_read_timeout(None)
-            // hyper's smallest read buffer is 8 KiB.
-            .max_buf_size(config.server.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(
-                u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX),
-            );
+        let builder = connection_builder(config);
         // Graceful shutdown as hyper-util's `GracefulShutdown` does it (a
         // watch channel: every connection holds a receiver until it ends),
         // but polled by `Serving` only when the signal comes.
@@ -472,6 +467,14 @@ impl Worker {
             self.spawn_connection(&builder, stream, permit, &stop_rx, stream_budget);
         }
         drop(listener);
+        // Connections other workers handed over and this one has not
+        // started yet are served like those it accepted (the stop below
+        // reaches them too); a worker that hands one over from now on is
+        // refused and serves it itself.
+        self.inbox.close();
+        while let Ok(handed) = self.inbox.try_recv() {
+            self.serve_handed(&builder, handed, &stop_rx, stream_budget);
+        }
         let t0 = signalled_at.unwrap_or_else(Instant::now);
         tracing::debug!("worker stopped accepting; waiting for in-flight requests");
         let deadline = t0 + config.shutdown.timeout;
@@ -552,8 +555,15 @@ impl Worker {
             async move { dog.expired().await },
             stop_rx.clone(),
         );
-        let (balance, me) = (Arc::clone(&self.balance), self.me);
+        let open = Open {
+            balance: Arc::clone(&self.balance),
+            me: self.me,
+            _permit: permit,
+        };
         tokio::spawn(async move {
+            // Counted closed when the task ends, however it ends (a panic
+            // while polling the connection included).
+            let _open = open;
             match serving.await {
                 Ended::Done(Ok(())) => {}
                 Ended::Done(Err(e)) => {
@@ -569,10 +579,60 @@ impl Worker {
                     );
                 }
             }
-            drop(permit);
-            balance.closed(me);
         });
     }
+}
+
+/// A connection open on a worker: its `server.max_connections` slot, and
+/// its count in the balance, both given back when it is dropped.
+struct Open {
+    balance: Arc<Balance>,
+    me: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.balance.closed(self.me);
+    }
+}
+
+/// Whether the client may send another request head on this connection
+/// after this request: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only
+/// with `Connection: keep-alive`; never on HTTP/2, whose streams are not
+/// heads the watchdog times.
+fn another_head_may_follow<B>(req: &http::Request<B>) -> bool {
+    let token = |name: &str| {
+        req.headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(name))
+    };
+    match req.version() {
+        http::Version::HTTP_11 => !token("close"),
+        http::Version::HTTP_10 => token("keep-alive"),
+        _ => false,
+    }
+}
+
+/// How the workers serve a connection, HTTP/1 or HTTP/2.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // The connection's watchdog enforces `header_read_timeout` (see
+        // `watchdog`): hyper's own would make, register and drop a timer
+        // for every request head.
+        .header_read_timeout(None)
+        // hyper's smallest read buffer is 8 KiB.
+        .max_buf_size(config.server.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 /// When the first shutdown signal came (now, if [`serve`] is gone).
@@ -631,9 +691,38 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        // Worker 1's loop ended: its inbox is gone.
-        drop(inboxes.remove(1));
+        // Worker 1's loop ended: it closed its inbox, as `serve` does.
+        inboxes[1].close();
         assert!(b.hand(1, (stream, permit)).is_err());
         assert_eq!(open(&b), [2, 0], "not counted where it did not go");
+    }
+
+    #[test]
+    fn the_last_head_is_told_by_version_and_connection_header() {
+        use http::Version as V;
+        let req = |version, connection: Option<&'static str>| {
+            let mut b = http::Request::builder().version(version);
+            if let Some(v) = connection {
+                b = b.header(http::header::CONNECTION, v);
+            }
+            b.body(()).unwrap()
+        };
+        for (version, connection, more) in [
+            (V::HTTP_11, None, true),
+            (V::HTTP_11, Some("keep-alive"), true),
+            (V::HTTP_11, Some("close"), false),
+            (V::HTTP_11, Some("Upgrade, CLOSE"), false),
+            (V::HTTP_11, Some("closed"), true),
+            (V::HTTP_10, None, false),
+            (V::HTTP_10, Some("Keep-Alive"), true),
+            (V::HTTP_10, Some("te, keep-alive"), true),
+            (V::HTTP_2, None, false),
+        ] {
+            assert_eq!(
+                another_head_may_follow(&req(version, connection)),
+                more,
+                "{version:?} {connection:?}"
+            );
+        }
     }
 }

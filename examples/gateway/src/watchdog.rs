@@ -69,8 +69,9 @@ struct State {
     live: Vec<(Instant, u64)>,
     /// When the next request head must have arrived, while one is awaited.
     head: Option<Instant>,
-    /// HTTP/2: heads are no longer watched.
-    multiplexed: bool,
+    /// No head is timed any more: HTTP/2 (its streams are multiplexed), or
+    /// an HTTP/1 request after which the connection closes.
+    heads_done: bool,
     /// When the waiting task looks at the deadlines next (it sleeps until
     /// then); `None` while it waits for a notification only. A new deadline
     /// before it (or any, when `None`) wakes the task.
@@ -125,13 +126,16 @@ impl Watchdog {
     }
 
     /// A request head arrived: no head is awaited until its response (and
-    /// any other live one) ends. `multiplexed` (HTTP/2): heads are not
-    /// watched from now on.
-    pub fn head_arrived(&self, multiplexed: bool) {
+    /// any other live one) ends. `last`: no head is timed from now on,
+    /// because the connection is HTTP/2 (idleness between its streams is
+    /// the protocol's business) or closes after this request's response (a
+    /// slow reader of that response is not cut for a head that will not
+    /// come).
+    pub fn head_arrived(&self, last: bool) {
         if self.head_timeout.is_some() {
             let mut state = self.state();
             state.head = None;
-            state.multiplexed |= multiplexed;
+            state.heads_done |= last;
         }
     }
 
@@ -213,7 +217,7 @@ impl Drop for Watch {
                 state.live.swap_remove(i);
             }
             match dog.head_timeout {
-                Some(timeout) if state.live.is_empty() && !state.multiplexed => {
+                Some(timeout) if state.live.is_empty() && !state.heads_done => {
                     let by = Instant::now() + timeout;
                     state.head = Some(by);
                     state.wake_for(by)
@@ -421,6 +425,25 @@ mod tests {
         assert_pending!(expired.poll());
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(assert_ready!(expired.poll()), Expired::Stream);
+    }
+
+    /// A request after which the connection closes (`Connection: close`,
+    /// or HTTP/1.0 without keep-alive) is the last head: a slow reader of
+    /// its response is cut by the stream deadline only, not for a next
+    /// head that will not come.
+    #[tokio::test(start_paused = true)]
+    async fn no_head_is_awaited_after_the_last_one() {
+        let start = Instant::now();
+        let dog = Watchdog::with_head_timeout(Duration::from_secs(10), start);
+        dog.head_arrived(true);
+        // The response's last frame is handed to hyper at 1 s; the client
+        // reads it for a minute.
+        let response = dog.watch(start + Duration::from_secs(600));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(response);
+        let mut expired = task::spawn(dog.expired());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_pending!(expired.poll());
     }
 
     #[tokio::test(start_paused = true)]
