@@ -26,7 +26,10 @@
 //! option, a client that sends its head too slowly, or leaves a keep-alive
 //! connection idle for longer than the timeout, is cut. An HTTP/2
 //! connection gets the deadline for its first request only (its streams
-//! are multiplexed: idleness between them is the protocol's business).
+//! are multiplexed: idleness between them is the protocol's business), and
+//! none is set after a request on which the connection closes
+//! (`Connection: close`, HTTP/1.0 without keep-alive): its response may
+//! take as long to read as the stream deadline allows.
 //!
 //! # Cost per response
 //!
