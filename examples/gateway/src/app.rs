@@ -749,14 +749,13 @@ where
         let fut = match self.call_local(client, req, deadline) {
             Ok(fut) => fut,
             Err(req) => {
-                let ctx = Context::current().with_sla_deadline(deadline);
                 // Not ready at once (no layer of the stack makes that
                 // happen today): a clone of the stack, awaited.
                 let mut stack = self.0.stacks[client].clone();
                 if let Err(never) = stack.ready().await {
                     match never {}
                 }
-                Box::pin(ctx.sync_scope(|| stack.call(req)))
+                call_stack(&mut stack, req, deadline)
             }
         };
         match fut.await {
@@ -767,10 +766,6 @@ where
 
     /// Calls the client's stack, this thread's copy, if it is ready now;
     /// else gives the request back.
-    ///
-    /// The stack's future is several KiB: boxed where it is made, so the
-    /// futures of the handler and of the outer layers stay small (each of
-    /// them is moved as it is built).
     #[allow(clippy::type_complexity, clippy::result_large_err)]
     fn call_local(
         &self,
@@ -785,14 +780,29 @@ where
         };
         let stack = &mut stacks[client];
         match stack.poll_ready(&mut std::task::Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => {
-                let ctx = Context::current().with_sla_deadline(deadline);
-                Ok(Box::pin(ctx.sync_scope(|| stack.call(req))))
-            }
+            Poll::Ready(Ok(())) => Ok(call_stack(stack, req, deadline)),
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => Err(req),
         }
     }
+}
+
+/// Calls a ready per-client `stack` with the deadline counted from the
+/// head's arrival in the context of the call.
+///
+/// The stack's future is several KiB: boxed where it is made, so the
+/// futures of the handler and of the outer layers stay small (each of them
+/// is moved as it is built).
+fn call_stack<S>(
+    stack: &mut S,
+    req: http::Request<Full<Bytes>>,
+    deadline: Instant,
+) -> Pin<Box<S::Future>>
+where
+    S: Service<http::Request<Full<Bytes>>>,
+{
+    let ctx = Context::current().with_sla_deadline(deadline);
+    Box::pin(ctx.sync_scope(|| stack.call(req)))
 }
 
 /// Why [`read_body`] gave up.

@@ -332,8 +332,13 @@ impl Balance {
             .min_by_key(|&(_, n)| n)
             .unwrap_or((me, mine));
         let to = if fewest + 2 <= mine { least } else { me };
-        self.open[to].fetch_add(1, Ordering::Relaxed);
+        self.opened(to);
         to
+    }
+
+    /// Worker `of` serves a connection `pick` did not count there.
+    fn opened(&self, of: usize) {
+        self.open[of].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection of worker `of` ended.
@@ -453,7 +458,7 @@ impl Worker {
                     Ok(stream) => match self.balance.hand(to, (stream, permit)) {
                         Ok(()) => {}
                         Err(back) => {
-                            self.balance.open[self.me].fetch_add(1, Ordering::Relaxed);
+                            self.balance.opened(self.me);
                             self.serve_handed(&builder, back, &stop_rx, stream_budget);
                         }
                     },
@@ -603,12 +608,7 @@ impl Drop for Open {
 /// heads the watchdog times.
 fn another_head_may_follow<B>(req: &http::Request<B>) -> bool {
     let token = |name: &str| {
-        req.headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(name))
+        crate::upstream::connection_options(req.headers()).any(|t| t.eq_ignore_ascii_case(name))
     };
     match req.version() {
         http::Version::HTTP_11 => !token("close"),

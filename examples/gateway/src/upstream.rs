@@ -342,12 +342,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `Connection` is the first listed name.
     if present & 1 != 0 {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = connection_options(headers)
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -358,6 +354,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// The options the `Connection` header lists (RFC 9110, 7.6.1), trimmed,
+/// in their own case; values that are not visible ASCII are passed over.
+pub fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 impl<S, B> Service<Request<B>> for Forward<S>
