@@ -113,7 +113,7 @@ impl<S> Source<S> {
     }
 
     /// A clone of the service, for a future's attempts.
-    fn take_clone(&self) -> S
+    fn clone_service(&self) -> S
     where
         S: Clone,
     {
@@ -139,8 +139,9 @@ where
 {
     /// Starts a request on `svc` (the retry service's own inner service):
     /// the first attempt is called now, inside its attempt scope, if `svc`
-    /// is ready at once; otherwise the future drives readiness on a clone
-    /// of its own, as it does for every retry.
+    /// is ready at once; if it is not, the future takes `svc` and drives
+    /// its readiness (a clone takes its place); if it failed, the error is
+    /// the first attempt's outcome.
     pub(crate) fn start(
         req: Req,
         svc: &mut S,
@@ -175,7 +176,7 @@ where
                 // that failed readiness is not asked again (tower's
                 // contract): a clone of the pristine copy takes its place,
                 // and a retry clones its own.
-                *svc = source.take_clone();
+                *svc = source.clone_service();
                 (State::Failed { err: Some(e) }, None)
             }
             Err(req) => {
@@ -215,7 +216,7 @@ where
             let outcome = match this.state.as_mut().project() {
                 StateProj::Ready { next } => {
                     let actx = this.ctx.clone().with_attempt(Attempt(*this.attempt));
-                    let svc = this.svc.get_or_insert_with(|| this.source.take_clone());
+                    let svc = this.svc.get_or_insert_with(|| this.source.clone_service());
                     // One scope around readiness and the call.
                     let called = actx.sync_scope_in_place(|| match svc.poll_ready(cx) {
                         Poll::Pending => None,

@@ -15,9 +15,10 @@ use crate::policy::Policy;
 /// jitter, paid from a shared budget, within the request's SLA deadline.
 ///
 /// `poll_ready` is always ready and reserves nothing. `call()` calls the
-/// first attempt on the inner service when it is ready at once; otherwise,
-/// and for every retry, the response future drives `ready()` and `call()`
-/// on a clone of the inner service of its own (so `S: Clone`).
+/// first attempt on the inner service when it is ready at once; otherwise
+/// the response future takes that instance and drives `ready()` and
+/// `call()` on it, and every retry does so on a clone of the inner service
+/// of its own (so `S: Clone`).
 ///
 /// See the [crate docs](crate) for an example.
 pub struct Retry<P, S> {
